@@ -1,0 +1,182 @@
+"""Paint metatiles: parent context in, four finished child tiles out.
+
+One batch item is the 2x2 children of one parent tile plus a halo of context on every side.
+The halo is at least the denoiser's receptive radius, so the kept centre does not depend on
+where the canvas ends: a metatile painted alone equals the same pixels of any larger canvas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import torch
+
+from cascade.model import CascadeDenoiser
+from cascade.noise import batch_noise
+from cascade.pyramid import TILE, children_of, row_log2_mpp
+from cascade.sampler import back_project, make_scheduler, sample_stage, upsample_parent
+
+# Bump when anything that changes painted pixels changes outside the weights and settings.
+PAINT_VERSION = "1"
+DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
+_BICUBIC_MARGIN = 2
+
+
+def default_halo(model: CascadeDenoiser) -> int:
+    """Smallest halo (child pixels) covering the receptive field, aligned to the model stride."""
+    step = max(model.stride, 2)
+    return -(-model.receptive_radius // step) * step
+
+
+def model_digest(model: CascadeDenoiser) -> str:
+    """Hash of the weights and config: identifies what the model paints."""
+    # Public config keys only: diffusers adds private ones (load path, default-value bookkeeping).
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items() if not k.startswith("_")}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class MetatilePainter:
+    """Runs one cascade stage on batches of metatiles.
+
+    Args:
+        model: the denoiser (any device; it is moved to `device`).
+        scheduler_config: the training noise schedule (diffusers scheduler config dict).
+        sampler: solver name, see `cascade.sampler.SAMPLERS`.
+        steps: solver steps per stage.
+        device: torch device to paint on.
+        halo: context in child pixels each side; defaults to the receptive radius.
+    """
+
+    def __init__(
+        self,
+        model: CascadeDenoiser,
+        scheduler_config: dict,
+        sampler: str = "dpmsolver++",
+        steps: int = 4,
+        device: str | torch.device = "cpu",
+        halo: int | None = None,
+    ):
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.scheduler = make_scheduler(sampler, scheduler_config)
+        self.sampler, self.steps = sampler, steps
+        self.halo = default_halo(model) if halo is None else halo
+        if self.halo % model.stride or self.halo // 2 + _BICUBIC_MARGIN > TILE:
+            raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most {2 * (TILE - _BICUBIC_MARGIN)}")
+        settings = f"{PAINT_VERSION}/{sampler}/{steps}/{self.halo}"
+        self.revision = hashlib.sha256((model_digest(model) + settings).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path = DEFAULT_WEIGHTS, sampler: str | None = None, steps: int | None = None, **kwargs
+    ) -> MetatilePainter:
+        """Load weights saved by `save_pretrained`, their scheduler config and recommended sampling.
+
+        `sampler.json` beside the weights names the solver and step count chosen by evaluation;
+        explicit arguments override it.
+        """
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no model weights in {path} (expected config.json and safetensors)")
+        model = CascadeDenoiser.from_pretrained(str(path), low_cpu_mem_usage=False)
+        config = json.loads((path / "scheduler_config.json").read_text())
+        recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
+        sampler = sampler or recommended.get("sampler", "dpmsolver++")
+        steps = steps or recommended.get("steps", 4)
+        return cls(model, config, sampler=sampler, steps=steps, **kwargs)
+
+    def paint(
+        self,
+        seed: int,
+        parents: Sequence[mercantile.Tile],
+        parent_pixels: Callable[[mercantile.Tile], np.ndarray],
+    ) -> dict[mercantile.Tile, np.ndarray]:
+        """Paint the metatiles (2x2 children) of `parents`, all of one zoom, in one batch.
+
+        `parent_pixels(tile)` returns an existing parent-zoom tile as uint8 (256, 256, 3).
+        Returns every child tile as uint8 (256, 256, 3).
+        """
+        if len({p.z for p in parents}) > 1:
+            raise ValueError("a batch of metatiles must share one zoom")
+        zoom = parents[0].z + 1
+        regions = [(2 * TILE * p.x, 2 * TILE * p.y) for p in parents]
+        blocks = self.paint_regions(seed, zoom, regions, 2 * TILE, 2 * TILE, parent_pixels)
+        out: dict[mercantile.Tile, np.ndarray] = {}
+        for p, block in zip(parents, blocks):
+            for i, child in enumerate(children_of(p)):
+                r, c = divmod(i, 2)
+                out[child] = np.ascontiguousarray(block[r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE])
+        return out
+
+    def paint_regions(
+        self,
+        seed: int,
+        zoom: int,
+        origins: Sequence[tuple[int, int]],
+        width: int,
+        height: int,
+        parent_pixels: Callable[[mercantile.Tile], np.ndarray],
+    ) -> np.ndarray:
+        """Paint equally sized windows of `zoom`, each given by its global pixel origin (x0, y0).
+
+        Windows must lie on the model's stride grid. Any window, a metatile or a whole map,
+        gets the same pixels where windows overlap; that is what makes tiles seamless.
+        Returns uint8 (B, height, width, 3).
+        """
+        grid = 2 * self.model.stride
+        if any(v % grid for o in origins for v in o) or width % grid or height % grid:
+            raise ValueError(f"window origins and sizes must be multiples of {grid} pixels")
+        h, m = self.halo, _BICUBIC_MARGIN
+        windows, centres = [], []
+        for x0, y0 in origins:
+            # Parent pixels under the window plus halo, plus the bicubic margin.
+            window = read_window(zoom - 1, (x0 - h) // 2 - m, (y0 - h) // 2 - m, (width + 2 * h) // 2 + 2 * m,
+                                 (height + 2 * h) // 2 + 2 * m, parent_pixels)
+            windows.append(window)
+            centres.append(window[:, h // 2 + m : h // 2 + m + height // 2, h // 2 + m : h // 2 + m + width // 2])
+        parent_up = upsample_parent(torch.from_numpy(np.stack(windows)).to(self.device), margin=m)
+
+        halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
+        noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
+        log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
+        canvas = sample_stage(self.model, self.scheduler, parent_up, torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
+
+        parent = torch.from_numpy(np.stack(centres)).to(self.device)
+        children = back_project(canvas[..., h : h + height, h : h + width], parent)
+        return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def read_window(
+    zoom: int, x0: int, y0: int, width: int, height: int, tile_pixels: Callable[[mercantile.Tile], np.ndarray]
+) -> np.ndarray:
+    """Global pixel window of one zoom as float32 (3, height, width) in [0, 1].
+
+    Columns wrap around the antimeridian; rows beyond a pole repeat the nearest valid row.
+    """
+    n = 1 << zoom
+    rows = np.clip(np.arange(y0, y0 + height), 0, TILE * n - 1)
+    cols = np.arange(x0, x0 + width) % (TILE * n)
+    ty0, ty1 = rows[0] // TILE, rows[-1] // TILE
+    tx_needed = sorted(set((cols // TILE).tolist()))
+    mosaic = {}
+    for ty in range(ty0, ty1 + 1):
+        for tx in tx_needed:
+            mosaic[tx, ty] = tile_pixels(mercantile.Tile(tx, ty, zoom))
+    out = np.empty((height, width, 3), np.uint8)
+    for ty in range(ty0, ty1 + 1):
+        row_sel = rows // TILE == ty
+        for tx in tx_needed:
+            col_sel = cols // TILE == tx
+            out[np.ix_(row_sel, col_sel)] = mosaic[tx, ty][np.ix_(rows[row_sel] % TILE, cols[col_sel] % TILE)]
+    return (out.astype(np.float32) / 255.0).transpose(2, 0, 1)

@@ -1,0 +1,105 @@
+"""Sampling one cascade stage with a diffusers scheduler and noise that is passed in.
+
+Only deterministic solvers are offered (DPM-Solver++, UniPC, DDIM with eta = 0): after the
+initial noise they draw nothing, so the initial global-coordinate noise fixes the result.
+All of their updates are element-wise in the image, which keeps painting local.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+from cascade.model import CascadeDenoiser
+
+SAMPLERS = ("dpmsolver++", "unipc", "ddim")
+
+
+def training_scheduler() -> DDPMScheduler:
+    """The noise schedule the model is trained with (and whose config ships with the weights)."""
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        clip_sample=False,
+    )
+
+
+def make_scheduler(name: str, train_config: dict) -> DDIMScheduler | DPMSolverMultistepScheduler | UniPCMultistepScheduler:
+    """A few-step deterministic solver built from the training schedule's config."""
+    common = {"timestep_spacing": "trailing"}
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(
+            train_config, algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero", **common
+        )
+    if name == "unipc":
+        return UniPCMultistepScheduler.from_config(train_config, final_sigmas_type="zero", **common)
+    if name == "ddim":
+        return DDIMScheduler.from_config(train_config, set_alpha_to_one=True, **common)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+def upsample_parent(parent: torch.Tensor, margin: int = 2) -> torch.Tensor:
+    """Bicubic 2x upsampling of a parent window that carries `margin` extra pixels each side.
+
+    Bicubic reads two pixels each way, so the margin makes the kept centre identical to the same
+    pixels of a larger upsampled canvas. Returns the child-grid centre, clamped to [0, 1].
+    """
+    up = F.interpolate(parent, scale_factor=2, mode="bicubic", align_corners=False)
+    m = 2 * margin
+    return up[..., m : up.shape[-2] - m, m : up.shape[-1] - m].clamp(0, 1)
+
+
+def back_project(child: torch.Tensor, parent: torch.Tensor, iterations: int = 24) -> torch.Tensor:
+    """Make the 2x2 area mean of `child` equal `parent` (cross-zoom consistency).
+
+    Each 2x2 block is shifted by the one offset d with mean(clamp(block + d, 0, 1)) = parent.
+    That mean grows monotonically with d, so bisection finds d for every block, including blocks
+    where clamping would defeat a plain additive correction.
+    """
+    lo = torch.full_like(parent, -1.0)
+    hi = torch.full_like(parent, 1.0)
+    up = lambda d: F.interpolate(d, scale_factor=2, mode="nearest")  # noqa: E731
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        low = F.avg_pool2d((child + up(mid)).clamp(0, 1), 2) < parent
+        lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
+    return (child + up((lo + hi) / 2)).clamp(0, 1)
+
+
+@torch.inference_mode()
+def sample_stage(
+    model: CascadeDenoiser,
+    scheduler,
+    parent_up: torch.Tensor,
+    log2_mpp: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """Paint child canvases from upsampled parents.
+
+    Args:
+        model: the denoiser.
+        scheduler: a deterministic diffusers solver (see `make_scheduler`).
+        parent_up: parents upsampled to the child grid, in [0, 1], (B, 3, H, W).
+        log2_mpp: child ground resolution per row, (B, H).
+        noise: initial standard normal noise, (B, 3, H, W), from `cascade.noise`.
+        steps: number of solver steps.
+
+    Returns:
+        Child canvases in [0, 1], (B, 3, H, W).
+    """
+    dtype = next(model.parameters()).dtype
+    scheduler.set_timesteps(steps, device=parent_up.device)
+    # 1. x_T ~ N(0, I) scaled to the solver's initial sigma; the noise is drawn by the caller.
+    x = noise.to(parent_up.device, torch.float32) * scheduler.init_noise_sigma
+    cond = parent_up.to(dtype)
+    for t in scheduler.timesteps:
+        # 2. The model predicts v (arXiv 2202.00512) for the scaled residual at step t.
+        model_in = scheduler.scale_model_input(x, t).to(dtype)
+        out = model(model_in, t, cond, log2_mpp).float()
+        # 3. The solver moves x_t to x_{t-1} with no noise of its own.
+        x = scheduler.step(out, t, x).prev_sample
+    # 4. The sample is a residual over the upsampled parent.
+    return (parent_up + x / model.config.residual_scale).clamp(0, 1)

@@ -1,0 +1,197 @@
+"""Train the cascade denoiser on (parent, child) pairs made by area-downsampling real imagery.
+
+    python -m cascade.train --data build/data/train.npz --run-dir runs/main --steps 20000
+    python -m cascade.train ... --export cascade/weights    # write EMA weights for the server
+
+Each step: child patches at a known ground resolution, parents = exact 2x2 area means,
+parents degraded a little (blur, noise) as in cascaded diffusion models (arXiv 2106.15282) so
+the cascade tolerates generated parents, then v-prediction MSE on the scaled residual
+child - upsample(parent). Checkpoints keep step, weights, optimizer and EMA; a run resumes from
+its checkpoint. bf16 autocast on GPU, plain fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
+from tqdm import tqdm
+
+from cascade.data import PatchBatches, load_packed
+from cascade.model import CascadeDenoiser
+from cascade.sampler import training_scheduler
+
+log = logging.getLogger("cascade.train")
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup: int = 500
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
+    seed: int = 0
+    parent_blur_max: float = 0.6  # Gaussian sigma in parent pixels, drawn uniformly in [0, max]
+    parent_noise_max: float = 0.02  # noise std in [0, 1] units, drawn uniformly in [0, max]
+
+
+def degrade_parent(parent: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Condition augmentation: random mild blur and noise, per image, so generated parents look in-distribution."""
+    b = parent.shape[0]
+    sigma = torch.rand(b, generator=generator) * cfg.parent_blur_max
+    radius = 2
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernels = torch.exp(-0.5 * (offsets[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)
+    kernels = (kernels / kernels.sum(1, keepdim=True)).to(parent.device)
+    padded = F.pad(parent, (radius,) * 4, mode="replicate")
+    c = parent.shape[1]
+    # Separable blur with a different kernel per image: fold the batch into channels.
+    x = padded.reshape(1, b * c, *padded.shape[-2:])
+    kh = kernels.repeat_interleave(c, 0)[:, None, None, :]
+    kv = kernels.repeat_interleave(c, 0)[:, None, :, None]
+    x = F.conv2d(F.conv2d(x, kh, groups=b * c), kv, groups=b * c).reshape_as(parent)
+    noise_std = (torch.rand(b, generator=generator) * cfg.parent_noise_max).to(parent.device)
+    noise = torch.randn(parent.shape, generator=generator).to(parent.device)
+    return (x + noise * noise_std[:, None, None, None]).clamp(0, 1)
+
+
+def diffusion_loss(model: CascadeDenoiser, scheduler, child, parent, log2_mpp, cfg: TrainConfig, generator) -> torch.Tensor:
+    """v-prediction MSE on the scaled residual over the (degraded) upsampled parent."""
+    cond = F.interpolate(degrade_parent(parent, cfg, generator), scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    x0 = (child - cond) * model.config.residual_scale
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16, enabled=x0.device.type == "cuda"):
+        pred = model(noisy, t, cond, log2_mpp)
+    return F.mse_loss(pred.float(), target)
+
+
+def save_checkpoint(path: Path, step: int, model, optimizer, ema, cfg: TrainConfig) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    state = {
+        "version": CHECKPOINT_VERSION,
+        "step": step,
+        "model_config": dict(model.config),
+        "train_config": asdict(cfg),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "ema": ema.state_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def export_weights(model: CascadeDenoiser, ema: EMAModel, out_dir: Path, sampler: dict | None = None) -> None:
+    """Save the EMA weights with `save_pretrained` (safetensors) plus the noise schedule."""
+    export = CascadeDenoiser.from_config(model.config)
+    ema.copy_to(export.parameters())
+    export.save_pretrained(str(out_dir), safe_serialization=True)
+    training_scheduler().save_pretrained(str(out_dir))
+    sampler_path = out_dir / "sampler.json"
+    if sampler is not None or not sampler_path.exists():
+        sampler_path.write_text(json.dumps(sampler or {"sampler": "dpmsolver++", "steps": 4}, indent=2) + "\n")
+
+
+def train(
+    child: np.ndarray,
+    m_per_px: np.ndarray,
+    run_dir: Path,
+    cfg: TrainConfig,
+    model_config: dict | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[CascadeDenoiser, EMAModel, list[float]]:
+    """Train (or resume) in `run_dir`. Returns the model, its EMA and the per-step losses of this call."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    torch.manual_seed(cfg.seed)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if state is not None:
+        model = CascadeDenoiser.from_config(state["model_config"])
+        model.load_state_dict(state["model"])
+    else:
+        model = CascadeDenoiser(**(model_config or {}))
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True)
+    start = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        start = state["step"]
+        log.info("resumed %s at step %d", ckpt_path, start)
+    ema.to(device)
+    scheduler = training_scheduler()
+    # A generator per run position: a resumed run draws what an uninterrupted one would have.
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+    batches = PatchBatches(child, m_per_px, cfg.batch_size, seed=cfg.seed + start)
+    lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))  # noqa: E731
+
+    losses: list[float] = []
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
+    t0 = time.perf_counter()
+    for step in bar:
+        batch_child, batch_parent, batch_mpp = (t.to(device) for t in batches.next())
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = diffusion_loss(model, scheduler, batch_child, batch_parent, torch.log2(batch_mpp), cfg, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        ema.step(model.parameters())
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr_at(step):.1e}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(ckpt_path, done, model, optimizer, ema, cfg)
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": done, "loss": float(np.mean(losses[-cfg.checkpoint_every:])),
+                                    "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+    return model, ema, losses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tileserver train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="packed training patches (.npz from `python -m cascade.data pack`)")
+    parser.add_argument("--run-dir", type=Path, required=True, help="checkpoints and logs; an existing run resumes")
+    parser.add_argument("--export", type=Path, help="write the EMA weights here at the end (e.g. cascade/weights)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--base-channels", type=int, default=32)
+    parser.add_argument("--deep-channels", type=int, default=64)
+    for name, value in asdict(TrainConfig()).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    child, m_per_px = load_packed(args.data)
+    model, ema, _ = train(child, m_per_px, args.run_dir, cfg,
+                          {"base_channels": args.base_channels, "deep_channels": args.deep_channels}, args.device)
+    if args.export:
+        export_weights(model, ema, args.export)
+        log.info("exported EMA weights to %s", args.export)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

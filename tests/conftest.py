@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random-weight denoiser, a painter, and a tile service on a temp cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cache.store import TileStore
+from cascade.model import CascadeDenoiser
+from cascade.painter import MetatilePainter
+from cascade.roots import ProceduralRoot
+from cascade.sampler import training_scheduler
+from tileserver.tiles import TileService, ZoomRange
+from tileserver.worlds import World
+
+TINY_CONFIG = dict(base_channels=8, deep_channels=16, blocks_top=1, blocks_deep=1, emb_dim=16)
+
+
+def make_tiny_model(seed: int = 0) -> CascadeDenoiser:
+    """A tiny model with random weights everywhere (the zero-initialised output layers too), so
+    every convolution influences the output and locality is really exercised."""
+    torch.manual_seed(seed)
+    model = CascadeDenoiser(**TINY_CONFIG)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> CascadeDenoiser:
+    return make_tiny_model()
+
+
+@pytest.fixture
+def painter(tiny_model) -> MetatilePainter:
+    return MetatilePainter(tiny_model, dict(training_scheduler().config), steps=2)
+
+
+@pytest.fixture(scope="session")
+def small_root() -> ProceduralRoot:
+    """A procedural planet whose root stops at zoom 1, so a few stages are painted quickly."""
+    return ProceduralRoot(seed=3, root_zoom=1)
+
+
+def make_service(cache_dir, painter, root, maxzoom: int = 12) -> TileService:
+    worlds = {"test": World(name="test", spec="procedural:3", root=root, seed=3)}
+    return TileService(worlds, TileStore(cache_dir), painter, ZoomRange(0, maxzoom))
+
+
+@pytest.fixture
+def service(tmp_path, painter, small_root) -> TileService:
+    svc = make_service(tmp_path / "cache", painter, small_root)
+    yield svc
+    svc.store.close()

@@ -1,0 +1,193 @@
+"""`tileserver` command line: serve, prefetch, tile, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import mercantile
+
+from tileserver.settings import Settings
+
+log = logging.getLogger("tileserver")
+
+
+def _zoom_range(text: str) -> tuple[int, int]:
+    lo, sep, hi = text.partition("-")
+    try:
+        lo_i = int(lo)
+        hi_i = int(hi) if sep else lo_i
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"zoom range must look like 0-10 or 7, got {text!r}") from None
+    if not 0 <= lo_i <= hi_i <= 24:
+        raise argparse.ArgumentTypeError(f"zoom range {text!r} must satisfy 0 <= min <= max <= 24")
+    return lo_i, hi_i
+
+
+def _bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        w, s, e, n = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bbox must be W,S,E,N in degrees, got {text!r}") from None
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise argparse.ArgumentTypeError(f"bbox {text!r} must have W < E within ±180 and S < N within ±90")
+    return w, s, e, n
+
+
+def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> None:
+    p.add_argument("--cache-dir", type=Path, help="tile cache directory (default: ./tile-cache)")
+    if define_worlds:
+        p.add_argument("--world", action="append", dest="worlds", metavar="NAME=ROOT",
+                       help="serve a world: NAME=earth, NAME=procedural:SEED or NAME=image:PATH, "
+                       "optionally ',seed=N'; repeatable (default: earth and one procedural world)")
+    p.add_argument("--device", help="cpu or cuda (default: cpu)")
+    p.add_argument("--steps", type=int, help="solver steps per zoom (default: the value shipped with the weights)")
+    p.add_argument("--sampler", choices=("dpmsolver++", "unipc", "ddim"), help="solver (default: shipped with the weights)")
+    p.add_argument("--weights", type=Path, help="model directory (default: the shipped weights)")
+    p.add_argument("--threads", type=int, help="CPU threads for the model")
+    p.add_argument("--maxzoom", type=int, help="deepest zoom served (default: 18)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults, then TILESERVER_* variables, then flags."""
+    base = Settings.from_env()
+    worlds = getattr(args, "worlds", None)
+    world = getattr(args, "world", None)
+    if world and "=" in world:
+        # `--world NAME=ROOT` on a one-world command defines the world it works on.
+        worlds = [world]
+    return base.updated(
+        cache_dir=args.cache_dir,
+        worlds=tuple(worlds) if worlds else None,
+        device=args.device,
+        steps=args.steps,
+        sampler=args.sampler,
+        weights=args.weights,
+        threads=args.threads,
+        maxzoom=args.maxzoom,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+    )
+
+
+def _world_name(text: str, service) -> str:
+    name = text.partition("=")[0]
+    if name not in service.worlds:
+        raise SystemExit(f"unknown world {name!r}; served: {', '.join(service.worlds)}")
+    return name
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from tileserver.app import create_app
+
+    settings = settings_from_args(args)
+    log.info("serving %s on http://%s:%d (cache %s)", ", ".join(settings.worlds), settings.host, settings.port, settings.cache_dir)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    return 0
+
+
+def cmd_prefetch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tileserver.app import build_service
+
+    service = build_service(settings_from_args(args))
+    world = _world_name(args.world, service)
+    lo, hi = args.zoom
+    if hi > service.zooms.maxzoom:
+        raise SystemExit(f"zoom {hi} is deeper than the served maximum {service.zooms.maxzoom}")
+    w, s, e, n = args.bbox
+    # Top-down, zoom by zoom: each level's parents are stored before its children are planned,
+    # so an interrupted run resumes where it stopped, skipping what is stored.
+    for z in range(lo, hi + 1):
+        tiles = list(mercantile.tiles(w, s, e, n, [z]))
+        missing = [t for t in tiles if service.cached(world, t.z, t.x, t.y) is None]
+        with tqdm(total=len(tiles), initial=len(tiles) - len(missing), desc=f"z{z}", unit="tile", disable=args.quiet) as bar:
+            for start in range(0, len(missing), args.chunk):
+                chunk = missing[start : start + args.chunk]
+                if not args.dry_run:
+                    service.ensure(world, chunk)
+                bar.update(len(chunk))
+    service.store.close()
+    return 0
+
+
+def cmd_tile(args: argparse.Namespace) -> int:
+    from tileserver.app import build_service
+
+    service = build_service(settings_from_args(args))
+    world = _world_name(args.world, service)
+    data = service.tile(world, args.z, args.x, args.y)
+    Path(args.output).write_bytes(data)
+    log.info("wrote %s (%d bytes)", args.output, len(data))
+    service.store.close()
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cascade.train import main as train_main
+
+    return train_main(args.rest)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cascade.evaluate import main as evaluate_main
+
+    return evaluate_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tileserver", description="XYZ tile server that paints Earth imagery on demand.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less logging, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", help="bind address (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: 8000)")
+    _server_options(serve, define_worlds=True)
+    serve.set_defaults(func=cmd_serve)
+
+    prefetch = sub.add_parser("prefetch", help="paint and store every tile of an area, top-down; resumable")
+    prefetch.add_argument("--world", required=True, help="world name, or NAME=ROOT to define it here")
+    prefetch.add_argument("--bbox", type=_bbox, default=(-180.0, -85.05, 180.0, 85.05), help="W,S,E,N in degrees")
+    prefetch.add_argument("--zoom", type=_zoom_range, required=True, help="zoom range, e.g. 0-10")
+    prefetch.add_argument("--chunk", type=int, default=64, help="tiles per plan (default: 64)")
+    prefetch.add_argument("--dry-run", action="store_true", help="count what would be painted, paint nothing")
+    _server_options(prefetch)
+    prefetch.set_defaults(func=cmd_prefetch)
+
+    tile = sub.add_parser("tile", help="paint one tile to a PNG file")
+    tile.add_argument("world", help="world name, or NAME=ROOT to define it here")
+    tile.add_argument("z", type=int)
+    tile.add_argument("x", type=int)
+    tile.add_argument("y", type=int)
+    tile.add_argument("-o", "--output", required=True, help="output PNG path")
+    _server_options(tile)
+    tile.set_defaults(func=cmd_tile)
+
+    for name, func, text in (("train", cmd_train, "train the cascade (see tileserver train --help)"),
+                             ("evaluate", cmd_evaluate, "evaluate the cascade (see tileserver evaluate --help)")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"tileserver: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

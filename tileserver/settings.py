@@ -1,0 +1,77 @@
+"""Server settings: one typed object, filled from defaults, then `TILESERVER_*` variables, then flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from cascade.painter import DEFAULT_WEIGHTS
+from tileserver.worlds import DEFAULT_WORLDS
+
+ENV_PREFIX = "TILESERVER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to start.
+
+    Environment variables use the field name in upper case with the prefix, e.g.
+    `TILESERVER_CACHE_DIR=/data/tiles`, `TILESERVER_WORLDS="earth=earth;mars=procedural:4"`
+    (worlds separated by `;`), `TILESERVER_STEPS=4`.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cache_dir: Path = Path("tile-cache")
+    worlds: tuple[str, ...] = DEFAULT_WORLDS
+    device: str = "cpu"
+    weights: Path = DEFAULT_WEIGHTS
+    sampler: str | None = None  # None: the sampler recommended with the weights
+    steps: int | None = None  # None: the step count recommended with the weights
+    minzoom: int = 0
+    maxzoom: int = 18
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    max_batch: int = 8
+    cors_origin: str = "*"
+    tile_max_age: int = 31_536_000  # seconds, for URLs that carry the model revision
+    unversioned_max_age: int = 3600
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        if not 0 <= self.minzoom <= self.maxzoom <= 24:
+            raise ValueError(f"zoom range {self.minzoom}..{self.maxzoom} must satisfy 0 <= min <= max <= 24")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+
+    def updated(self, **changes) -> Settings:
+        """A copy with the non-None changes applied."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None or f.name == "extra":
+                continue
+            try:
+                values[f.name] = _convert(f.name, raw)
+            except ValueError as error:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {error}") from None
+        return cls(**values)
+
+
+def _convert(name: str, raw: str):
+    if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads"):
+        return int(raw)
+    if name in ("cache_dir", "weights"):
+        return Path(raw)
+    if name == "worlds":
+        return tuple(w.strip() for w in raw.split(";") if w.strip())
+    return raw

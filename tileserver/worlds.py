@@ -1,0 +1,65 @@
+"""Worlds served side by side: a name, a root, and a seed that makes the noise its own."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cascade.roots import Root, open_root
+
+DEFAULT_WORLDS = ("earth=earth", "parallel=procedural:7")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class World:
+    """One generated world.
+
+    Attributes:
+        name: URL name, e.g. `earth` in `/earth/3/4/2.png`.
+        spec: the root spec it was made from, e.g. `procedural:7` or `image:/maps/fantasy.jpg`.
+        root: renders the top zooms.
+        seed: world seed mixed into all cascade noise; two seeds over one root are two worlds.
+    """
+
+    name: str
+    spec: str
+    root: Root
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Cache namespace: changes whenever the root content or the seed changes."""
+        return f"{self.name}-{self.root.fingerprint}-z{self.root.root_zoom}-s{self.seed}"
+
+
+def parse_world(text: str) -> World:
+    """Parse `NAME=ROOT[,seed=N]`, where ROOT is `earth`, `procedural:SEED` or `image:PATH`.
+
+    A procedural world's seed defaults to its planet seed; other worlds default to seed 0.
+    """
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not rest.strip():
+        raise ValueError(f"world {text!r} must look like NAME=earth, NAME=procedural:SEED or NAME=image:PATH")
+    if not _NAME.match(name):
+        raise ValueError(f"world name {name!r} must be lower-case letters, digits, '-' or '_' (at most 64)")
+    spec, seed = rest.strip(), None
+    match = re.fullmatch(r"(.*),seed=(-?\d+)", spec)
+    if match:
+        spec, seed = match.group(1), int(match.group(2))
+    root = open_root(spec)
+    if seed is None:
+        seed = int(spec.split(":", 1)[1]) if spec.startswith("procedural:") else 0
+    return World(name=name, spec=spec, root=root, seed=seed)
+
+
+def parse_worlds(texts: list[str] | tuple[str, ...]) -> dict[str, World]:
+    """Parse several world flags; names must be unique."""
+    worlds: dict[str, World] = {}
+    for text in texts:
+        world = parse_world(text)
+        if world.name in worlds:
+            raise ValueError(f"world {world.name!r} is defined twice")
+        worlds[world.name] = world
+    return worlds
