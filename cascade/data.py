@@ -91,7 +91,7 @@ import time
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,8 +121,6 @@ EVAL_LANDSAT30_FRAMES = frozenset({"LC08_224077"})
 SPLITS = ("train", "eval")
 
 log = logging.getLogger("cascade.data")
-
-Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, 200_000_000)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,8 +208,6 @@ def load_index(data_dir: str | os.PathLike) -> list[ImageRecord]:
 
 
 def _with_split(rec: ImageRecord) -> ImageRecord:
-    from dataclasses import replace
-
     return replace(rec, split=split_of(rec))
 
 
@@ -248,7 +244,7 @@ def area_downsample_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     assert out_w <= w and out_h <= h, "never upsample"
     if (out_w, out_h) == (w, h):
         return img.copy()
-    pil = Image.fromarray(img) if img.dtype == np.uint8 else Image.fromarray(img.astype(np.float32), "F")
+    pil = Image.fromarray(img if img.dtype == np.uint8 else img.astype(np.float32))
     if w % out_w == 0 and h % out_h == 0 and w // out_w == h // out_h:
         res = pil.reduce(w // out_w)
     else:
@@ -569,6 +565,9 @@ def build_patches(
         img_rng = np.random.default_rng([seed, ri])
         for slot, n in todo[ri]:
             base = patch * 2 ** slot.k
+            if base > side:  # index.csv disagrees with the file: trust the pixels
+                log.warning("%s is smaller than index.csv says; skipping octave %d", rec.file, slot.k)
+                continue
             # One call per distinct window size S (all whole-octave crops share one call).
             if slot.jmax > 1.0:
                 j = np.exp(img_rng.uniform(0.0, math.log(slot.jmax), size=n))
@@ -839,7 +838,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", required=True, choices=SPLITS)
     p.add_argument("--patch", type=int, default=DEFAULT_PATCH)
     p.add_argument("--count", type=int, default=None, help="patches to aim for (default: train 5000, eval 1000)")
-    p.add_argument("--per-image-per-scale", type=int, default=None, help="fixed crops per (image, octave); no balancing")
+    p.add_argument("--per-image-per-scale", type=int, default=None,
+                   help="fixed crops per (image, octave); no balancing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-images", type=int, default=None, help="at most this many images per group")
     p.add_argument("--codec", choices=("jpeg", "raw"), default="jpeg")

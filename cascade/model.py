@@ -75,7 +75,7 @@ class CascadeDenoiser(ModelMixin, ConfigMixin):
         blocks_top: int = 1,
         blocks_deep: int = 2,
         emb_dim: int = 64,
-        residual_scale: float = 4.0,
+        residual_scale: float = 16.0,
         log2_mpp_range: tuple[float, float] = (-4.0, 16.0),
     ):
         super().__init__()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from cascade.data import PatchBatches, load_packed
+from cascade.data import dihedral, load_packed
 from cascade.model import CascadeDenoiser
 from cascade.sampler import training_scheduler
 
@@ -66,6 +66,14 @@ def degrade_parent(parent: torch.Tensor, cfg: TrainConfig, generator: torch.Gene
     noise_std = (torch.rand(b, generator=generator) * cfg.parent_noise_max).to(parent.device)
     noise = torch.randn(parent.shape, generator=generator).to(parent.device)
     return (x + noise * noise_std[:, None, None, None]).clamp(0, 1)
+
+
+def training_batch(child: np.ndarray, m_per_px: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """A random batch: children in [0, 1] under a random dihedral transform, their exact 2x2-mean parents, m/px."""
+    idx = rng.choice(len(child), size=min(batch_size, len(child)), replace=False)
+    x = torch.from_numpy(child[idx]).permute(0, 3, 1, 2).float().div_(255.0)
+    x = dihedral(x, int(rng.integers(8))).contiguous()
+    return x, F.avg_pool2d(x, 2), torch.from_numpy(np.asarray(m_per_px[idx], np.float32))
 
 
 def diffusion_loss(model: CascadeDenoiser, scheduler, child, parent, log2_mpp, cfg: TrainConfig, generator) -> torch.Tensor:
@@ -116,8 +124,15 @@ def train(
     model_config: dict | None = None,
     device: str = "cpu",
     progress: bool = True,
+    stop_at: int | None = None,
+    time_limit_s: float | None = None,
 ) -> tuple[CascadeDenoiser, EMAModel, list[float]]:
-    """Train (or resume) in `run_dir`. Returns the model, its EMA and the per-step losses of this call."""
+    """Train (or resume) in `run_dir` towards `cfg.steps`.
+
+    `stop_at` (a step) or `time_limit_s` end this call early with a checkpoint, for short
+    resumable runs; the next call continues exactly where this one stopped.
+    Returns the model, its EMA and the per-step losses of this call.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
     torch.manual_seed(cfg.seed)
@@ -138,16 +153,17 @@ def train(
         log.info("resumed %s at step %d", ckpt_path, start)
     ema.to(device)
     scheduler = training_scheduler()
-    # A generator per run position: a resumed run draws what an uninterrupted one would have.
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
-    batches = PatchBatches(child, m_per_px, cfg.batch_size, seed=cfg.seed + start)
     lr_at = lambda s: cfg.lr * min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0)))  # noqa: E731
 
     losses: list[float] = []
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
+    end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, desc="train", disable=not progress)
     t0 = time.perf_counter()
     for step in bar:
-        batch_child, batch_parent, batch_mpp = (t.to(device) for t in batches.next())
+        # Randomness is a function of (seed, step): a resumed run continues exactly as an uninterrupted one.
+        rng = np.random.default_rng([cfg.seed, step])
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        batch_child, batch_parent, batch_mpp = (t.to(device) for t in training_batch(child, m_per_px, cfg.batch_size, rng))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         loss = diffusion_loss(model, scheduler, batch_child, batch_parent, torch.log2(batch_mpp), cfg, generator)
@@ -160,11 +176,15 @@ def train(
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{lr_at(step):.1e}")
         done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        out_of_time = time_limit_s is not None and time.perf_counter() - t0 > time_limit_s
+        if done % cfg.checkpoint_every == 0 or done == end or out_of_time:
             save_checkpoint(ckpt_path, done, model, optimizer, ema, cfg)
             with open(run_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps({"step": done, "loss": float(np.mean(losses[-cfg.checkpoint_every:])),
                                     "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+        if out_of_time:
+            log.info("time limit reached at step %d; rerun to resume", done)
+            break
     return model, ema, losses
 
 
@@ -175,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export", type=Path, help="write the EMA weights here at the end (e.g. cascade/weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="CPU threads")
+    parser.add_argument("--stop-at", type=int, help="end this run at this step (resume later)")
+    parser.add_argument("--time-limit", type=float, help="end this run after this many minutes (resume later)")
     parser.add_argument("--base-channels", type=int, default=32)
     parser.add_argument("--deep-channels", type=int, default=64)
     for name, value in asdict(TrainConfig()).items():
@@ -186,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
     child, m_per_px = load_packed(args.data)
     model, ema, _ = train(child, m_per_px, args.run_dir, cfg,
-                          {"base_channels": args.base_channels, "deep_channels": args.deep_channels}, args.device)
+                          {"base_channels": args.base_channels, "deep_channels": args.deep_channels}, args.device,
+                          stop_at=args.stop_at, time_limit_s=args.time_limit * 60 if args.time_limit else None)
     if args.export:
         export_weights(model, ema, args.export)
         log.info("exported EMA weights to %s", args.export)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+DOCUMENT_MAX_AGE = 300  # seconds for TileJSON, capabilities and the world list
 
 
 class BadRequest(ValueError):
@@ -67,8 +70,15 @@ def build_service(settings: Settings) -> TileService:
         store=TileStore(settings.cache_dir),
         painter=painter,
         zooms=ZoomRange(settings.minzoom, settings.maxzoom),
-        max_batch=settings.max_batch,
+        max_batch=settings.max_batch or (1 if settings.device == "cpu" else 32),
     )
+
+
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+
+
+def _integer(text: str) -> int | None:
+    return int(text) if _INTEGER.fullmatch(text) else None
 
 
 def parse_tile_request(world: str, z: str, x: str, name: str) -> TileRequest:
@@ -79,12 +89,19 @@ def parse_tile_request(world: str, z: str, x: str, name: str) -> TileRequest:
     scale = 1
     if stem.endswith("@2x"):
         stem, scale = stem[:-3], 2
-    try:
-        zi, xi, yi = int(z), int(x), int(stem)
-    except ValueError:
-        raise BadRequest(f"tile coordinates must be integers, got {z}/{x}/{stem}") from None
+    zi, xi, yi = _integer(z), _integer(x), _integer(stem)
+    if zi is None or xi is None or yi is None:
+        raise BadRequest(f"tile coordinates must be integers, got {z}/{x}/{stem}")
     fmt = "jpg" if ext.lower() == "jpeg" else ext.lower()
     return TileRequest(world, zi, xi, yi, scale, fmt)
+
+
+def _scale(request: Request) -> int:
+    """The `scale` query parameter of the documents: 1 (256 px tiles, the default) or 2 (512 px @2x tiles)."""
+    raw = request.query_params.get("scale", "1")
+    if raw not in ("1", "2"):
+        raise BadRequest(f"scale must be 1 or 2, got {raw!r}")
+    return int(raw)
 
 
 def _service(request: Request) -> TileService:
@@ -107,9 +124,10 @@ async def tile_endpoint(request: Request) -> Response:
     service.check(req.world, req.z, req.x, req.y)
     needed = [mercantile.Tile(req.x, req.y, req.z)]
     if req.scale == 2:
+        # @2x is the four children assembled: it exists where the next zoom is served.
+        if req.z + 1 > service.zooms.maxzoom:
+            raise TileOutOfRange(f"@2x at zoom {req.z} needs zoom {req.z + 1}, beyond {service.zooms.maxzoom}")
         needed = mercantile.children(needed[0])
-        if req.z + 1 > 24:
-            raise TileOutOfRange("@2x needs one zoom deeper than 24")
 
     if req.scale == 1 and req.fmt == "png":
         body = service.cached(req.world, req.z, req.x, req.y)  # fast path: one key lookup
@@ -150,15 +168,26 @@ def _mosaic(base: mercantile.Tile, children: list[mercantile.Tile], pixels: list
 
 
 def _tile_response(request: Request, body: bytes, media_type: str) -> Response:
+    """Tiles are deterministic: a strong ETag from the bytes is the same on every worker and restart.
+    URLs that carry the current model revision never change meaning, so caches may keep them forever."""
     settings: Settings = request.app.state.settings
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     versioned = request.query_params.get("v") == _service(request).revision
     max_age = settings.tile_max_age if versioned else settings.unversioned_max_age
-    headers = {
-        "ETag": etag,
-        "Cache-Control": f"public, max-age={max_age}" + (", immutable" if versioned else ""),
-        "Vary": "Origin",
-    }
+    cache_control = f"public, max-age={max_age}" + (", immutable" if versioned else "")
+    return _conditional(request, body, media_type, {"Cache-Control": cache_control})
+
+
+def _document_response(request: Request, body: str | bytes, media_type: str) -> Response:
+    """TileJSON, capabilities and the world list: short-lived (a new model revision changes them), and
+    keyed on the proxy headers their URLs are built from."""
+    body = body.encode() if isinstance(body, str) else body
+    headers = {"Cache-Control": f"public, max-age={DOCUMENT_MAX_AGE}", "Vary": ", ".join(clients.FORWARDED_HEADERS)}
+    return _conditional(request, body, media_type, headers)
+
+
+def _conditional(request: Request, body: bytes, media_type: str, headers: dict[str, str]) -> Response:
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    headers = {"ETag": etag, **headers}
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type=media_type, headers=headers)
@@ -181,37 +210,54 @@ async def health(request: Request) -> Response:
 async def worlds(request: Request) -> Response:
     service = _service(request)
     base = clients.base_url(request)
-    return JSONResponse([clients.world_summary(service, w, base) for w in service.worlds.values()])
+    summaries = [clients.world_summary(service, w, base) for w in service.worlds.values()]
+    return _document_response(request, json.dumps(summaries), "application/json")
 
 
 async def tilejson(request: Request) -> Response:
     world = _world(request)
-    return JSONResponse(clients.tilejson(_service(request), world, clients.base_url(request)))
+    scale = _scale(request)
+    doc = clients.tilejson(_service(request), world, clients.base_url(request), scale)
+    if doc is None:
+        raise TileOutOfRange(f"no @{scale}x tiles: the served zoom range is a single zoom")
+    return _document_response(request, json.dumps(doc), "application/json")
 
 
 async def wmts_capabilities(request: Request) -> Response:
     world = _world(request)
     xml = clients.wmts_capabilities(_service(request), world, clients.base_url(request))
-    return Response(xml, media_type="application/xml")
+    return _document_response(request, xml, "application/xml")
 
 
 async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html")
 
 
+async def maplibre_view(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "maplibre.html")
+
+
+# The one error table: exception type -> HTTP status. Bad input never reaches a 500.
+ERROR_STATUS: dict[type[Exception], int] = {BadRequest: 400, UnknownWorld: 404, TileOutOfRange: 404}
+
+
 async def error_response(request: Request, exc: Exception) -> Response:
-    status = {BadRequest: 400, UnknownWorld: 404, TileOutOfRange: 404}.get(type(exc))
-    if status is None and isinstance(exc, HTTPException):
-        status = exc.status_code
-    detail = str(exc) if not isinstance(exc, HTTPException) else exc.detail
-    headers = getattr(exc, "headers", None)
-    if _is_tile_path(request.url.path):
+    """Short text on tile URLs (what an image client shows), JSON `{error, status}` everywhere else."""
+    if isinstance(exc, HTTPException):
+        status, detail, headers = exc.status_code, exc.detail, exc.headers
+    else:
+        status = next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
+        detail, headers = str(exc), None
+    if _is_tile_request(request):
         return PlainTextResponse(detail + "\n", status_code=status, headers=headers)
     return JSONResponse({"error": detail, "status": status}, status_code=status, headers=headers)
 
 
-def _is_tile_path(path: str) -> bool:
-    return path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
+def _is_tile_request(request: Request) -> bool:
+    """Routed to the tile endpoint, or (unrouted) shaped like an image URL."""
+    if request.scope.get("endpoint") is tile_endpoint:
+        return True
+    return request.url.path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
 
 
 def create_app(settings: Settings | None = None, service: TileService | None = None) -> Starlette:
@@ -232,6 +278,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
 
     routes = [
         Route("/", index, name="index"),
+        Route("/maplibre", maplibre_view, name="maplibre_view"),
         Route("/health", health, name="health"),
         Route("/worlds", worlds, name="worlds"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
@@ -244,12 +291,12 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
     middleware = [
         Middleware(
             CORSMiddleware,
-            allow_origins=[settings.cors_origin],
+            allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],
             allow_methods=["GET", "HEAD", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["ETag", "Cache-Control", "Content-Length"],
             max_age=86400,
         )
     ]
-    handlers = {BadRequest: error_response, UnknownWorld: error_response, TileOutOfRange: error_response, HTTPException: error_response}
+    handlers = {exc: error_response for exc in (*ERROR_STATUS, HTTPException)}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)

@@ -32,7 +32,7 @@ class Settings:
     minzoom: int = 0
     maxzoom: int = 18
     threads: int | None = None  # torch CPU threads; None leaves torch's default
-    max_batch: int = 8
+    max_batch: int | None = None  # metatiles per model call; None: 1 on CPU (fastest there), 32 on GPU
     cors_origin: str = "*"
     tile_max_age: int = 31_536_000  # seconds, for URLs that carry the model revision
     unversioned_max_age: int = 3600
@@ -45,7 +45,7 @@ class Settings:
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
-        if self.max_batch < 1:
+        if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
 
     def updated(self, **changes) -> Settings:

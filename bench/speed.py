@@ -1,0 +1,105 @@
+"""Painting speed of the shipped model: new tiles per second, amortised over metatiles.
+
+    python bench/speed.py                      # CPU, 2 threads, shipped sampler and steps
+    python bench/speed.py --device cuda --batches 1,4,16,64 --bf16
+
+A "new tile" is painting plus PNG encoding; the parent context is random imagery, which costs
+the model exactly what real parents cost. Prints a table and writes JSON (default
+build/bench/speed.json) with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import torch
+
+from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
+from tileserver.encode import encode
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def bench(painter: MetatilePainter, batch: int, repeats: int) -> dict:
+    rng = np.random.default_rng(0)
+    parents_px = {}
+
+    def parent_pixels(t):
+        if t not in parents_px:
+            parents_px[t] = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+        return parents_px[t]
+
+    zoom = 14
+    def run(i):
+        parents = [mercantile.Tile(1000 + 3 * (i * batch + k), 5000, zoom - 1) for k in range(batch)]
+        tiles = painter.paint(7, parents, parent_pixels)
+        for px in tiles.values():
+            encode(px)
+        return len(tiles)
+
+    run(0)  # warm-up: allocator, kernels, scheduler tables
+    if painter.device.type == "cuda":
+        torch.cuda.synchronize()
+    start, tiles = time.perf_counter(), 0
+    for i in range(1, repeats + 1):
+        tiles += run(i)
+    if painter.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {"batch_metatiles": batch, "tiles": tiles, "seconds": round(seconds, 3),
+            "seconds_per_tile": round(seconds / tiles, 4), "tiles_per_second": round(tiles / seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", default="1,2,4", help="metatiles per model call, comma separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--sampler")
+    parser.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
+    parser.add_argument("--out", type=Path, default=Path("build/bench/speed.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    painter = MetatilePainter.from_pretrained(args.weights, sampler=args.sampler, steps=args.steps, device=args.device)
+    if args.bf16:
+        painter.model.to(torch.bfloat16)
+    rows = [bench(painter, int(b), args.repeats) for b in args.batches.split(",")]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"machine": machine(), "device": args.device, "sampler": painter.sampler, "steps": painter.steps,
+              "halo": painter.halo, "bf16": args.bf16, "peak_rss_mb": round(peak_mb, 1), "rows": rows}
+    if painter.device.type == "cuda":
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print(f"{'metatiles/batch':>15} {'tiles':>6} {'s/tile':>8} {'tiles/s':>8}")
+    for r in rows:
+        print(f"{r['batch_metatiles']:>15} {r['tiles']:>6} {r['seconds_per_tile']:>8.3f} {r['tiles_per_second']:>8.1f}")
+    print(f"device {args.device}, {painter.sampler} x {painter.steps} steps, peak RSS {peak_mb:.0f} MB, {result['machine']['cpu']}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
