@@ -19,18 +19,19 @@ import torch
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
-from cascade.sampler import back_project, make_scheduler, sample_stage, upsample_parent
+from cascade.sampler import SMOOTH_REACH, back_project, make_scheduler, sample_stage, smooth_back_project, upsample_parent
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
-PAINT_VERSION = "1"
+PAINT_VERSION = "2"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 _BICUBIC_MARGIN = 2
 
 
 def default_halo(model: CascadeDenoiser) -> int:
-    """Smallest halo (child pixels) covering the receptive field, aligned to the model stride."""
+    """Smallest halo (child pixels) covering the receptive field and the smooth back-projection,
+    aligned to the model stride."""
     step = max(model.stride, 2)
-    return -(-model.receptive_radius // step) * step
+    return -(-(model.receptive_radius + SMOOTH_REACH) // step) * step
 
 
 def model_digest(model: CascadeDenoiser) -> str:
@@ -152,6 +153,9 @@ class MetatilePainter:
         log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
         canvas = sample_stage(self.model, self.scheduler, parent_up, torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
 
+        # Smooth corrections over the whole canvas first (no 2x2 blocks), then the exact per-block one.
+        parent_canvas = torch.from_numpy(np.stack(windows)).to(self.device)[..., m:-m, m:-m]
+        canvas = smooth_back_project(canvas, parent_canvas)
         parent = torch.from_numpy(np.stack(centres)).to(self.device)
         children = back_project(canvas[..., h : h + height, h : h + width], parent)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+from starlette.testclient import TestClient
 
 from cache.store import TileStore
 from cascade.model import CascadeDenoiser
 from cascade.painter import MetatilePainter
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
+from tileserver.app import create_app
+from tileserver.settings import Settings
 from tileserver.tiles import TileService, ZoomRange
 from tileserver.worlds import World
 
@@ -48,8 +53,35 @@ def make_service(cache_dir, painter, root, maxzoom: int = 12) -> TileService:
     return TileService(worlds, TileStore(cache_dir), painter, ZoomRange(0, maxzoom))
 
 
+def tiny_service(cache_dir, model: CascadeDenoiser, maxzoom: int) -> TileService:
+    """A service on a fresh cache: the tiny model with 2 steps over a zoom-1 procedural root."""
+    painter = MetatilePainter(model, dict(training_scheduler().config), steps=2)
+    return make_service(cache_dir, painter, ProceduralRoot(seed=3, root_zoom=1), maxzoom)
+
+
+@contextlib.contextmanager
+def app_client(service: TileService, maxzoom: int):
+    """A TestClient (lifespan running) for the app around `service`."""
+    with TestClient(create_app(Settings(maxzoom=maxzoom), service=service)) as client:
+        yield client
+
+
 @pytest.fixture
 def service(tmp_path, painter, small_root) -> TileService:
     svc = make_service(tmp_path / "cache", painter, small_root)
     yield svc
     svc.store.close()
+
+
+@pytest.fixture(scope="module")
+def module_service(tmp_path_factory, tiny_model, request) -> TileService:
+    """One service per test module, zoom range from the module's MAXZOOM."""
+    svc = tiny_service(tmp_path_factory.mktemp("cache"), tiny_model, request.module.MAXZOOM)
+    yield svc
+    svc.store.close()
+
+
+@pytest.fixture(scope="module")
+def module_client(module_service, request):
+    with app_client(module_service, request.module.MAXZOOM) as client:
+        yield client

@@ -16,15 +16,10 @@ import pytest
 from lxml import etree
 from owslib.wmts import WebMapTileService
 from PIL import Image
-from starlette.testclient import TestClient
 
-from cascade.painter import MetatilePainter
-from cascade.roots import ProceduralRoot
-from cascade.sampler import training_scheduler
-from tests.conftest import make_service
-from tileserver.app import STATIC_DIR, create_app
+from tests.conftest import app_client, tiny_service
+from tileserver.app import STATIC_DIR
 from tileserver.encode import decode, encode
-from tileserver.settings import Settings
 
 SCHEMAS = Path(__file__).parent / "schemas"
 MAXZOOM = 6
@@ -36,17 +31,13 @@ NS = {
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model):
-    painter = MetatilePainter(tiny_model, dict(training_scheduler().config), steps=2)
-    svc = make_service(tmp_path_factory.mktemp("cache"), painter, ProceduralRoot(seed=3, root_zoom=1), MAXZOOM)
-    yield svc
-    svc.store.close()
+def service(module_service):
+    return module_service
 
 
 @pytest.fixture(scope="module")
-def client(service):
-    with TestClient(create_app(Settings(maxzoom=MAXZOOM), service=service)) as c:
-        yield c
+def client(module_client):
+    return module_client
 
 
 def pixels(response) -> np.ndarray:
@@ -217,10 +208,9 @@ def test_capabilities_behind_a_proxy(client, wmts_schema):
 
 
 def test_single_zoom_server_has_no_2x(tmp_path, tiny_model, wmts_schema, tilejson_schema):
-    painter = MetatilePainter(tiny_model, dict(training_scheduler().config), steps=2)
-    svc = make_service(tmp_path, painter, ProceduralRoot(seed=3, root_zoom=1), maxzoom=0)
+    svc = tiny_service(tmp_path, tiny_model, maxzoom=0)
     try:
-        with TestClient(create_app(Settings(maxzoom=0), service=svc)) as c:
+        with app_client(svc, 0) as c:
             doc = etree.fromstring(c.get("/test/WMTSCapabilities.xml").content)
             assert wmts_schema.validate(doc), wmts_schema.error_log
             assert [x.text for x in doc.iterfind(".//wmts:Layer/ows:Identifier", NS)] == ["test"]

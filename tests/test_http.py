@@ -8,32 +8,21 @@ import hashlib
 import pytest
 from starlette.testclient import TestClient
 
-from cascade.painter import MetatilePainter
-from cascade.roots import ProceduralRoot
-from cascade.sampler import training_scheduler
-from tests.conftest import make_service
+from tests.conftest import app_client, tiny_service
 from tileserver.app import create_app
 from tileserver.settings import Settings
 
 MAXZOOM = 5
 
 
-def new_service(path, tiny_model):
-    painter = MetatilePainter(tiny_model, dict(training_scheduler().config), steps=2)
-    return make_service(path, painter, ProceduralRoot(seed=3, root_zoom=1), MAXZOOM)
+@pytest.fixture(scope="module")
+def service(module_service):
+    return module_service
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, tiny_model):
-    svc = new_service(tmp_path_factory.mktemp("cache"), tiny_model)
-    yield svc
-    svc.store.close()
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    with TestClient(create_app(Settings(maxzoom=MAXZOOM), service=service)) as c:
-        yield c
+def client(module_client):
+    return module_client
 
 
 # ---------------------------------------------------------------- caching
@@ -45,9 +34,9 @@ def test_strong_etag_stable_across_restarts_and_workers(client, service, tmp_pat
     assert etag.startswith('"') and etag.endswith('"') and not etag.startswith("W/")
     assert etag == '"' + hashlib.sha256(r.content).hexdigest()[:32] + '"'
     # Another worker with its own, empty cache paints the same bytes and so sends the same ETag.
-    other = new_service(tmp_path / "other-cache", tiny_model)
+    other = tiny_service(tmp_path / "other-cache", tiny_model, MAXZOOM)
     try:
-        with TestClient(create_app(Settings(maxzoom=MAXZOOM), service=other)) as worker:
+        with app_client(other, MAXZOOM) as worker:
             again = worker.get("/test/2/1/1.png")
             assert again.content == r.content and again.headers["etag"] == etag
             assert worker.get("/test/2/1/1.webp").headers["etag"] == client.get("/test/2/1/1.webp").headers["etag"]

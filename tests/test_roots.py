@@ -3,7 +3,6 @@
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mercantile
 import numpy as np

@@ -1,7 +1,6 @@
 """Training on tiny synthetic data: the loss goes down, checkpoints resume exactly, export loads in the server."""
 
 import numpy as np
-import pytest
 import torch
 
 from cascade.painter import MetatilePainter, model_digest

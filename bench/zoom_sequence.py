@@ -1,0 +1,58 @@
+"""Picture of one place from the root down the cascade: the tile under a point at several zooms.
+
+    python bench/zoom_sequence.py --lon -122.42 --lat 37.77 --zooms 5,7,9,11,13,15,17,18 --out docs/zoom-sequence.jpg
+
+Uses the shipped weights and the real-Earth root; tiles land in --cache-dir, so a rerun is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from tileserver.app import build_service
+from tileserver.encode import decode
+from tileserver.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="earth=earth")
+    parser.add_argument("--lon", type=float, default=-122.42)
+    parser.add_argument("--lat", type=float, default=37.77)
+    parser.add_argument("--zooms", default="5,7,9,11,13,15,17,18")
+    parser.add_argument("--cache-dir", type=Path, default=Path("build/demo-cache"))
+    parser.add_argument("--sampler", help="solver (default: shipped with the weights)")
+    parser.add_argument("--steps", type=int, help="solver steps (default: shipped with the weights)")
+    parser.add_argument("--columns", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("docs/zoom-sequence.jpg"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    service = build_service(Settings(worlds=(args.world,), cache_dir=args.cache_dir, maxzoom=20, sampler=args.sampler, steps=args.steps))
+    name = args.world.partition("=")[0]
+    panels = []
+    for z in (int(v) for v in args.zooms.split(",")):
+        tile = mercantile.tile(args.lon, args.lat, z)
+        start = time.perf_counter()
+        pixels = decode(service.tile(name, tile.z, tile.x, tile.y))
+        print(f"z{z} {tile.x}/{tile.y}: {time.perf_counter() - start:.1f} s")
+        panel = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(panel)
+        draw.rectangle((0, 0, 44, 16), fill=(0, 0, 0))
+        draw.text((4, 3), f"z{z}", fill=(255, 255, 255))
+        panels.append(np.asarray(panel))
+    rows = [np.concatenate(panels[i : i + args.columns], axis=1) for i in range(0, len(panels), args.columns)]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=85)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
