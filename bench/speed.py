@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -21,23 +20,9 @@ import mercantile
 import numpy as np
 import torch
 
+from cascade.evaluate import machine_info
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from tileserver.encode import encode
-
-
-def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
 
 
 def bench(painter: MetatilePainter, batch: int, repeats: int) -> dict:
@@ -88,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         painter.model.to(torch.bfloat16)
     rows = [bench(painter, int(b), args.repeats) for b in args.batches.split(",")]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"machine": machine(), "device": args.device, "sampler": painter.sampler, "steps": painter.steps,
+    result = {"machine": machine_info(painter.device), "device": args.device, "sampler": painter.sampler, "steps": painter.steps,
               "halo": painter.halo, "bf16": args.bf16, "peak_rss_mb": round(peak_mb, 1), "rows": rows}
     if painter.device.type == "cuda":
         result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -794,37 +794,6 @@ class PatchDataset(torch.utils.data.Dataset):
             epoch += 1
 
 
-class PatchBatches:
-    """Endless shuffled, augmented training batches from ``(child, m_per_px)`` arrays.
-
-    ``next()`` returns ``(child (B, 3, P, P), parent (B, 3, P/2, P/2), m_per_px (B,))`` float32
-    CPU tensors, child/parent in [0, 1], parent = exact 2x2 mean of the augmented child. Epochs
-    are reshuffled; the sequence is fixed by `seed`.
-    """
-
-    def __init__(self, child: np.ndarray, m_per_px: np.ndarray, batch_size: int, seed: int = 0,
-                 augment: bool = True):
-        self.dataset = PatchDataset((child, m_per_px), augment=augment, seed=seed)
-        if len(self.dataset) == 0:
-            raise ValueError("no patches")
-        self.batch_size = min(batch_size, len(self.dataset))
-        self._it = self.dataset.batches(self.batch_size, shuffle=True, drop_last=True, epochs=None)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b = next(self._it)
-        return b["child"], b["parent"], b["m_per_px"]
-
-    __next__ = next
-
-    def __iter__(self):
-        return self
-
-
-def iterate_batches(data, batch_size: int, seed: int = 0, augment: bool = True, **kwargs):
-    """Shortcut: ``PatchDataset(data, augment, seed).batches(batch_size, **kwargs)``."""
-    return PatchDataset(data, augment=augment, seed=seed).batches(batch_size, **kwargs)
-
-
 # ----------------------------------------------------------------------------------------------
 # CLI
 

@@ -19,7 +19,7 @@ Real children C (B, 3, P, P) at ground resolution r come from the packed eval sp
   - ``mean``: the model's posterior-mean estimate E[x0 | parent]: the x0 estimate of one model
     call at the highest-noise timestep (T-1) with x_T = the sample's initial noise (for
     v-prediction x0 = sqrt(abar) x_T - sqrt(1 - abar) v).
-  All three are **back-projected** onto the true parent (`sampler.back_project`, as the server
+  All three are **back-projected** onto the true parent (`sampler.finish_stage`, as the server
   does) and **quantised to uint8** (as tiles are stored), so they differ only in the detail
   they add. PSNR is the mean of per-patch PSNR (each capped at 100 dB, reached only by an exact
   reconstruction of a flat patch).
@@ -64,7 +64,7 @@ from cascade import metrics
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, default_halo, model_digest, read_window
-from cascade.sampler import SAMPLERS, back_project, make_scheduler, sample_stage, upsample_parent
+from cascade.sampler import BICUBIC_MARGIN, SAMPLERS, finish_stage, make_scheduler, sample_stage, upsample_parent
 
 log = logging.getLogger("cascade.evaluate")
 
@@ -73,7 +73,6 @@ METHODS = ("model", "bicubic", "mean")
 BAND_EDGES = (0.25, 1.0, 4.0, 16.0, 64.0, 256.0)
 PSNR_CAP = 100.0
 NOISE_ZOOM = 20  # fake zoom for eval noise: one stage uses it, chain stage s uses NOISE_ZOOM + s
-_BICUBIC_MARGIN = 2
 EVAL_FORMAT = 1
 
 
@@ -133,8 +132,8 @@ def mirror_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
 def stage_canvas(parent: torch.Tensor, halo: int) -> torch.Tensor:
     """The conditioning canvas for parents (B, 3, p, p): mirrored by halo/2 + the bicubic margin,
     upsampled with `upsample_parent` (bicubic 2x, clamped): (B, 3, 2p + 2 halo, 2p + 2 halo)."""
-    window = mirror_pad(parent, halo // 2 + _BICUBIC_MARGIN)
-    return upsample_parent(window, margin=_BICUBIC_MARGIN)
+    window = mirror_pad(parent, halo // 2 + BICUBIC_MARGIN)
+    return upsample_parent(window, margin=BICUBIC_MARGIN)
 
 
 def _x0_from_output(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -203,8 +202,7 @@ def run_stage(
             canvas = sample_stage(model, scheduler, canvas_up, log2_mpp, noise, steps)
         else:
             canvas = mean_prediction(model, train_scheduler, canvas_up, log2_mpp, noise)
-    child = canvas[..., halo : size - halo, halo : size - halo]
-    return back_project(child, parent)
+    return finish_stage(canvas, mirror_pad(parent, halo // 2), halo)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:

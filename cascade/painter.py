@@ -19,12 +19,11 @@ import torch
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
-from cascade.sampler import SMOOTH_REACH, back_project, make_scheduler, sample_stage, smooth_back_project, upsample_parent
+from cascade.sampler import BICUBIC_MARGIN, SMOOTH_REACH, finish_stage, make_scheduler, sample_stage, upsample_parent
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
-_BICUBIC_MARGIN = 2
 
 
 def default_halo(model: CascadeDenoiser) -> int:
@@ -73,8 +72,8 @@ class MetatilePainter:
         self.scheduler = make_scheduler(sampler, scheduler_config)
         self.sampler, self.steps = sampler, steps
         self.halo = default_halo(model) if halo is None else halo
-        if self.halo % model.stride or self.halo // 2 + _BICUBIC_MARGIN > TILE:
-            raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most {2 * (TILE - _BICUBIC_MARGIN)}")
+        if self.halo % model.stride or self.halo // 2 + BICUBIC_MARGIN > TILE:
+            raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most {2 * (TILE - BICUBIC_MARGIN)}")
         settings = f"{PAINT_VERSION}/{sampler}/{steps}/{self.halo}"
         self.revision = hashlib.sha256((model_digest(model) + settings).encode()).hexdigest()[:12]
 
@@ -138,26 +137,22 @@ class MetatilePainter:
         grid = 2 * self.model.stride
         if any(v % grid for o in origins for v in o) or width % grid or height % grid:
             raise ValueError(f"window origins and sizes must be multiples of {grid} pixels")
-        h, m = self.halo, _BICUBIC_MARGIN
-        windows, centres = [], []
+        h, m = self.halo, BICUBIC_MARGIN
+        windows = []
         for x0, y0 in origins:
             # Parent pixels under the window plus halo, plus the bicubic margin.
             window = read_window(zoom - 1, (x0 - h) // 2 - m, (y0 - h) // 2 - m, (width + 2 * h) // 2 + 2 * m,
                                  (height + 2 * h) // 2 + 2 * m, parent_pixels)
             windows.append(window)
-            centres.append(window[:, h // 2 + m : h // 2 + m + height // 2, h // 2 + m : h // 2 + m + width // 2])
-        parent_up = upsample_parent(torch.from_numpy(np.stack(windows)).to(self.device), margin=m)
+        parent_window = torch.from_numpy(np.stack(windows)).to(self.device)
+        parent_up = upsample_parent(parent_window, margin=m)
 
         halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
         noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
         log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
         canvas = sample_stage(self.model, self.scheduler, parent_up, torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
 
-        # Smooth corrections over the whole canvas first (no 2x2 blocks), then the exact per-block one.
-        parent_canvas = torch.from_numpy(np.stack(windows)).to(self.device)[..., m:-m, m:-m]
-        canvas = smooth_back_project(canvas, parent_canvas)
-        parent = torch.from_numpy(np.stack(centres)).to(self.device)
-        children = back_project(canvas[..., h : h + height, h : h + width], parent)
+        children = finish_stage(canvas, parent_window[..., m:-m, m:-m], h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 

@@ -40,7 +40,10 @@ def make_scheduler(name: str, train_config: dict) -> DDIMScheduler | DPMSolverMu
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def upsample_parent(parent: torch.Tensor, margin: int = 2) -> torch.Tensor:
+BICUBIC_MARGIN = 2  # parent pixels bicubic 2x upsampling reads beyond each output pixel
+
+
+def upsample_parent(parent: torch.Tensor, margin: int = BICUBIC_MARGIN) -> torch.Tensor:
     """Bicubic 2x upsampling of a parent window that carries `margin` extra pixels each side.
 
     Bicubic reads two pixels each way, so the margin makes the kept centre identical to the same
@@ -85,6 +88,19 @@ def back_project(child: torch.Tensor, parent: torch.Tensor, iterations: int = 24
         low = F.avg_pool2d((child + up(mid)).clamp(0, 1), 2) < parent
         lo, hi = torch.where(low, mid, lo), torch.where(low, hi, mid)
     return (child + up((lo + hi) / 2)).clamp(0, 1)
+
+
+def finish_stage(canvas: torch.Tensor, parent: torch.Tensor, halo: int) -> torch.Tensor:
+    """Children of a painted canvas: consistent with their parent, halo cut away.
+
+    `canvas` (B, 3, H, W) is the painted child grid with `halo` pixels of context each side,
+    `parent` (B, 3, H/2, W/2) the parent pixels under it. Smooth corrections over the whole canvas
+    first (no 2x2 blocks), then the exact per-block one on the kept centre.
+    """
+    canvas = smooth_back_project(canvas, parent)
+    hp = halo // 2
+    centre = parent[..., hp : parent.shape[-2] - hp, hp : parent.shape[-1] - hp]
+    return back_project(canvas[..., halo : canvas.shape[-2] - halo, halo : canvas.shape[-1] - halo], centre)
 
 
 @torch.inference_mode()
