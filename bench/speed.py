@@ -20,7 +20,7 @@ import mercantile
 import numpy as np
 import torch
 
-from cascade.evaluate import machine_info
+from cascade.training.evaluate import machine_info
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from tileserver.encode import encode
 

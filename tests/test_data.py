@@ -1,4 +1,4 @@
-"""cascade.data on a tiny synthetic data directory laid out like the real one (built in tmp)."""
+"""cascade.training.data on a tiny synthetic data directory laid out like the real one (built in tmp)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade import data as D
+from cascade.training import data as D
 
 PATCH = 32  # small patches keep the tests fast; the code is the same for 128
 

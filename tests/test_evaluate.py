@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cascade import evaluate, metrics
-from cascade.data import save_packed
+from cascade.training import evaluate, metrics
+from cascade.training.data import save_packed
 from cascade.sampler import finish_stage, make_scheduler, training_scheduler
 from tests.conftest import make_tiny_model
 

@@ -1,4 +1,4 @@
-"""cascade.metrics on images with known answers."""
+"""cascade.training.metrics on images with known answers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from cascade import metrics as M
+from cascade.training import metrics as M
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cascade.model import CascadeDenoiser
 from cascade.sampler import training_scheduler
-from cascade.train import TrainConfig, degrade_parent, diffusion_loss, export_weights, train
+from cascade.training.train import TrainConfig, degrade_parent, diffusion_loss, export_weights, train
 from tests.conftest import TINY_CONFIG
 
 

@@ -129,13 +129,13 @@ def cmd_tile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cascade.train import main as train_main
+    from cascade.training.train import main as train_main
 
     return train_main(args.rest)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cascade.evaluate import main as evaluate_main
+    from cascade.training.evaluate import main as evaluate_main
 
     return evaluate_main(args.rest)
 

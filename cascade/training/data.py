@@ -73,8 +73,8 @@ buffer with offsets; ``--codec raw`` stores the uint8 array itself (lossless, ~3
 
 CLI::
 
-    python -m cascade.data pack --data-dir DIR --out PATH --split train|eval [--patch 128] [--count N]
-    python -m cascade.data stats PATH
+    python -m cascade.training.data pack --data-dir DIR --out PATH --split train|eval [--patch 128] [--count N]
+    python -m cascade.training.data stats PATH
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ EVAL_LANDSAT30_FRAMES = frozenset({"LC08_224077"})
 
 SPLITS = ("train", "eval")
 
-log = logging.getLogger("cascade.data")
+log = logging.getLogger("cascade.training.data")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -799,7 +799,7 @@ class PatchDataset(torch.utils.data.Dataset):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cascade.data", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m cascade.training.data", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="cut one split's patches and write them to a compressed .npz")
     p.add_argument("--data-dir", required=True, help="directory with index.csv and the images")

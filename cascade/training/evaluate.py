@@ -1,7 +1,7 @@
 """Evaluate the cascade on the held-out split: one stage, four-stage chains, seams, samplers.
 
-    python -m cascade.evaluate --eval-data build/data/eval.npz --out build/eval
-    python -m cascade.evaluate --steps 1,2,4,8 --samplers dpmsolver++,unipc,ddim --max-patches 64
+    python -m cascade.training.evaluate --eval-data build/data/eval.npz --out build/eval
+    python -m cascade.training.evaluate --steps 1,2,4,8 --samplers dpmsolver++,unipc,ddim --max-patches 64
     tileserver evaluate ...                      # the same entry point
 
 Writes ``OUT/eval.json`` (every number, the settings, weights revision, machine, timings) and
@@ -10,7 +10,7 @@ Writes ``OUT/eval.json`` (every number, the settings, weights revision, machine,
 What is measured
 ----------------
 Real children C (B, 3, P, P) at ground resolution r come from the packed eval split
-(`python -m cascade.data pack --split eval`); their parents are exact 2x2 area means.
+(`python -m cascade.training.data pack --split eval`); their parents are exact 2x2 area means.
 
 * **One stage** (per band of child m/px, and over all): PSNR / SSIM against the real child and
   SWD (x1e3, `metrics.sliced_wasserstein`) between the generated and the real children, for
@@ -60,13 +60,13 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
-from cascade import metrics
+from cascade.training import metrics
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, default_halo, model_digest, read_window
 from cascade.sampler import BICUBIC_MARGIN, SAMPLERS, finish_stage, make_scheduler, sample_stage, upsample_parent
 
-log = logging.getLogger("cascade.evaluate")
+log = logging.getLogger("cascade.training.evaluate")
 
 METHODS = ("model", "bicubic", "mean")
 # Upper edges (m/px) of the reporting bands; empty bands are left out of the report.
@@ -487,12 +487,12 @@ def _csv(kind):
 
 
 def _load_eval_data(args) -> dict:
-    from cascade.data import load_arrays, pack
+    from cascade.training.data import load_arrays, pack
 
     path = Path(args.eval_data)
     if not path.is_file():
         if args.data_dir is None:
-            raise FileNotFoundError(f"no eval data at {path}; build it with `python -m cascade.data pack --split eval "
+            raise FileNotFoundError(f"no eval data at {path}; build it with `python -m cascade.training.data pack --split eval "
                                     "--data-dir DIR --out {path}` or pass --data-dir")
         log.info("packing the eval split of %s into %s", args.data_dir, path)
         pack(args.data_dir, path, "eval", seed=0, jitter=False)
@@ -501,7 +501,7 @@ def _load_eval_data(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tileserver evaluate", description=__doc__.split("\n")[0],
-                                epilog="See the cascade.evaluate module docstring for what is measured.")
+                                epilog="See the cascade.training.evaluate module docstring for what is measured.")
     p.add_argument("--eval-data", default="build/data/eval.npz", help="packed eval split (.npz)")
     p.add_argument("--data-dir", type=Path, help="if --eval-data is missing, pack it from this data directory")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="model directory (default: shipped weights)")

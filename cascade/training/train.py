@@ -1,7 +1,7 @@
 """Train the cascade denoiser on (parent, child) pairs made by area-downsampling real imagery.
 
-    python -m cascade.train --data build/data/train.npz --run-dir runs/main --steps 20000
-    python -m cascade.train ... --export cascade/weights    # write EMA weights for the server
+    python -m cascade.training.train --data build/data/train.npz --run-dir runs/main --steps 20000
+    python -m cascade.training.train ... --export cascade/weights    # write EMA weights for the server
 
 Each step: child patches at a known ground resolution, parents = exact 2x2 area means,
 parents degraded a little (blur, noise) as in cascaded diffusion models (arXiv 2106.15282) so
@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
-from cascade.data import dihedral, load_packed
+from cascade.training.data import dihedral, load_packed
 from cascade.model import CascadeDenoiser
 from cascade.sampler import training_scheduler
 
-log = logging.getLogger("cascade.train")
+log = logging.getLogger("cascade.training.train")
 CHECKPOINT_VERSION = 1
 
 
@@ -190,7 +190,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tileserver train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, required=True, help="packed training patches (.npz from `python -m cascade.data pack`)")
+    parser.add_argument("--data", type=Path, required=True, help="packed training patches (.npz from `python -m cascade.training.data pack`)")
     parser.add_argument("--run-dir", type=Path, required=True, help="checkpoints and logs; an existing run resumes")
     parser.add_argument("--export", type=Path, help="write the EMA weights here at the end (e.g. cascade/weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
