@@ -19,7 +19,7 @@ import torch
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
-from cascade.sampler import BICUBIC_MARGIN, SMOOTH_REACH, finish_stage, make_scheduler, sample_stage, upsample_parent
+from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, sample_stage
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
@@ -72,8 +72,10 @@ class MetatilePainter:
         self.scheduler = make_scheduler(sampler, scheduler_config)
         self.sampler, self.steps = sampler, steps
         self.halo = default_halo(model) if halo is None else halo
-        if self.halo % model.stride or self.halo // 2 + BICUBIC_MARGIN > TILE:
-            raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most {2 * (TILE - BICUBIC_MARGIN)}")
+        if self.halo % model.stride or self.halo // 2 + model.context_margin > TILE:
+            # The parent window must stay within the parent's 3x3 neighbourhood of tiles.
+            raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most "
+                             f"{2 * (TILE - model.context_margin)}")
         settings = f"{PAINT_VERSION}/{sampler}/{steps}/{self.halo}"
         self.revision = hashlib.sha256((model_digest(model) + settings).encode()).hexdigest()[:12]
 
@@ -137,20 +139,20 @@ class MetatilePainter:
         grid = 2 * self.model.stride
         if any(v % grid for o in origins for v in o) or width % grid or height % grid:
             raise ValueError(f"window origins and sizes must be multiples of {grid} pixels")
-        h, m = self.halo, BICUBIC_MARGIN
-        windows = []
-        for x0, y0 in origins:
-            # Parent pixels under the window plus halo, plus the bicubic margin.
-            window = read_window(zoom - 1, (x0 - h) // 2 - m, (y0 - h) // 2 - m, (width + 2 * h) // 2 + 2 * m,
-                                 (height + 2 * h) // 2 + 2 * m, parent_pixels)
-            windows.append(window)
+        h, m = self.halo, self.model.context_margin
+        # Parent pixels under each canvas (window plus halo) plus the context margin.
+        px0 = [(x0 - h) // 2 - m for x0, _ in origins]
+        py0 = [(y0 - h) // 2 - m for _, y0 in origins]
+        pw, ph = (width + 2 * h) // 2 + 2 * m, (height + 2 * h) // 2 + 2 * m
+        windows = [read_window(zoom - 1, x, y, pw, ph, parent_pixels) for x, y in zip(px0, py0)]
         parent_window = torch.from_numpy(np.stack(windows)).to(self.device)
-        parent_up = upsample_parent(parent_window, margin=m)
+        parent_log2_mpp = np.stack([row_log2_mpp(zoom - 1, y, ph) for y in py0])
 
         halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
         noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
         log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
-        canvas = sample_stage(self.model, self.scheduler, parent_up, torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
+        canvas = sample_stage(self.model, self.scheduler, parent_window, torch.from_numpy(parent_log2_mpp).to(self.device),
+                              torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
 
         children = finish_stage(canvas, parent_window[..., m:-m, m:-m], h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

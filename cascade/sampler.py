@@ -103,38 +103,52 @@ def finish_stage(canvas: torch.Tensor, parent: torch.Tensor, halo: int) -> torch
     return back_project(canvas[..., halo : canvas.shape[-2] - halo, halo : canvas.shape[-1] - halo], centre)
 
 
+def parent_context(model: CascadeDenoiser, parent_window: torch.Tensor, margin: int | None = None) -> torch.Tensor:
+    """The bicubic-upsampled parent under the canvas, from a window with the model's context margin
+    (or `margin`)."""
+    cut = (model.context_margin if margin is None else margin) - BICUBIC_MARGIN
+    return upsample_parent(parent_window[..., cut : parent_window.shape[-2] - cut, cut : parent_window.shape[-1] - cut])
+
+
 @torch.inference_mode()
 def sample_stage(
     model: CascadeDenoiser,
     scheduler,
-    parent_up: torch.Tensor,
+    parent_window: torch.Tensor,
+    parent_log2_mpp: torch.Tensor,
     log2_mpp: torch.Tensor,
     noise: torch.Tensor,
     steps: int,
+    margin: int | None = None,
 ) -> torch.Tensor:
-    """Paint child canvases from upsampled parents.
+    """Paint child canvases from the parent under them.
 
     Args:
         model: the denoiser.
         scheduler: a deterministic diffusers solver (see `make_scheduler`).
-        parent_up: parents upsampled to the child grid, in [0, 1], (B, 3, H, W).
-        log2_mpp: child ground resolution per row, (B, H).
+        parent_window: parent pixels under the canvas plus `model.context_margin` each side, in
+            [0, 1], (B, 3, H/2 + 2M, W/2 + 2M).
+        parent_log2_mpp: parent ground resolution per window row, (B, H/2 + 2M).
+        log2_mpp: child ground resolution per canvas row, (B, H).
         noise: initial standard normal noise, (B, 3, H, W), from `cascade.noise`.
         steps: number of solver steps.
+        margin: the window's margin if not the model's `context_margin` (training only: painting
+            with less context is not seamless).
 
     Returns:
         Child canvases in [0, 1], (B, 3, H, W).
     """
-    dtype = next(model.parameters()).dtype
-    scheduler.set_timesteps(steps, device=parent_up.device)
-    # 1. x_T ~ N(0, I) scaled to the solver's initial sigma; the noise is drawn by the caller.
-    x = noise.to(parent_up.device, torch.float32) * scheduler.init_noise_sigma
-    cond = parent_up.to(dtype)
+    scheduler.set_timesteps(steps, device=parent_window.device)
+    parent_up = parent_context(model, parent_window, margin)
+    # 1. The context encoder reads the wide parent window once for all steps.
+    context = model.encode_context(parent_window, parent_log2_mpp, margin)
+    # 2. x_T ~ N(0, I) scaled to the solver's initial sigma; the noise is drawn by the caller.
+    x = noise.to(parent_window.device, torch.float32) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        # 2. The model predicts v (arXiv 2202.00512) for the scaled residual at step t.
-        model_in = scheduler.scale_model_input(x, t).to(dtype)
-        out = model(model_in, t, cond, log2_mpp).float()
-        # 3. The solver moves x_t to x_{t-1} with no noise of its own.
+        # 3. The model predicts v (arXiv 2202.00512) for the scaled residual at step t.
+        model_in = scheduler.scale_model_input(x, t)
+        out = model(model_in, t, parent_up, log2_mpp, context).float()
+        # 4. The solver moves x_t to x_{t-1} with no noise of its own.
         x = scheduler.step(out, t, x).prev_sample
-    # 4. The sample is a residual over the upsampled parent.
+    # 5. The sample is a residual over the upsampled parent.
     return (parent_up + x / model.config.residual_scale).clamp(0, 1)

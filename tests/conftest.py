@@ -18,7 +18,7 @@ from tileserver.settings import Settings
 from tileserver.tiles import TileService, ZoomRange
 from tileserver.worlds import World
 
-TINY_CONFIG = dict(base_channels=8, deep_channels=16, blocks_top=1, blocks_deep=1, emb_dim=16)
+TINY_CONFIG = dict(channels=(8, 16), blocks=(1, 1), context_channels=(8, 8, 16), context_blocks=(1, 1, 1), emb_dim=16)
 
 
 def make_tiny_model(seed: int = 0) -> CascadeDenoiser:

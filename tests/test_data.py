@@ -57,6 +57,17 @@ FAKE = [
     ("landsat_300m/quebec_1.png", 128, 128, 300.0, "46.0", "-74.5", "Laurentians, Quebec", True),
     ("modis/terra_truecolor_0.jpg", 64, 64, "", "40.0", "-75.0", "US East Coast", False),
     ("bluemarble/bmng_topo_bathy_512x256.png", 512, 256, 4892.0, "", "", "whole Earth", False),
+    # Blue Marble web tiles: three of one block in a held-out z4 tile (7, 6), two of a block elsewhere.
+    ("bluemarble_tiles/z7/56_48.png", 64, 64, 1100.0, "40.5", "-22.5", "web tile z=7 x=56 y=48", False),
+    ("bluemarble_tiles/z7/57_48.png", 64, 64, 1100.0, "40.5", "-19.7", "web tile z=7 x=57 y=48", False),
+    ("bluemarble_tiles/z7/57_49.png", 64, 64, 1110.0, "39.4", "-19.7", "web tile z=7 x=57 y=49", False),
+    ("bluemarble_tiles/z7/64_40.png", 64, 64, 900.0, "55.8", "0.0", "web tile z=7 x=64 y=40", False),
+    ("bluemarble_tiles/z7/65_40.png", 64, 64, 900.0, "55.8", "2.8", "web tile z=7 x=65 y=40", False),
+    ("landsat_scenes/olinda_recife_brazil.png", 96, 96, 28.5, "-8.0", "-34.87", "Olinda/Recife", False),
+    ("landsat_scenes/grenada.png", 96, 96, 60.0, "12.1", "-61.7", "Grenada", False),
+    ("naip_scenes/m_3008501_ne_16_1_20110815.png", 64, 64, 25.93, "30.97", "-85.9", "Alabama", False),
+    ("sentinel2_scenes/bigearthnet_serbia.png", 64, 64, 10.0, "44.7", "21.5", "BigEarthNet patch (Europe)", False),
+    ("sentinel2_scenes/bigearthnet_ireland.png", 64, 64, 10.0, "52.3", "-6.9", "BigEarthNet patch (Europe)", False),
 ]
 
 
@@ -91,7 +102,7 @@ def train_patches(data_dir):
 
 
 def test_load_index_fields(data_dir):
-    recs = D.load_index(data_dir)
+    recs = D.load_index(data_dir, mosaics=False)
     assert len(recs) == len(FAKE)
     r = {x.file: x for x in recs}
     modis = r["modis/terra_truecolor_0.jpg"]
@@ -104,7 +115,7 @@ def test_load_index_fields(data_dir):
 
 
 def test_split_is_by_place(data_dir):
-    recs = D.load_index(data_dir)
+    recs = D.load_index(data_dir, mosaics=False)
     for rec in recs:
         assert rec.split == D.split_of(rec) and rec.split in D.SPLITS
     evals = {r.file for r in recs if r.split == "eval"}
@@ -117,6 +128,12 @@ def test_split_is_by_place(data_dir):
         "naip_5m/m_4709963_se_14_1_20200831.png",
         "sentinel2_10m/Boadella_2021-07-16.jpg",
         "landsat_30m/LC08_224077_20200518.png",
+        "bluemarble_tiles/z7/56_48.png",
+        "bluemarble_tiles/z7/57_48.png",
+        "bluemarble_tiles/z7/57_49.png",
+        "landsat_scenes/olinda_recife_brazil.png",
+        "naip_scenes/m_3008501_ne_16_1_20110815.png",
+        "sentinel2_scenes/bigearthnet_serbia.png",
     }
     # Places (OAM regions, NEON sites, Landsat frames) never straddle the splits.
     for group in ("openaerialmap", "neon"):
@@ -129,6 +146,28 @@ def test_split_is_by_place(data_dir):
     for r in recs:
         if r.group in ("bluemarble", "landsat_300m", "satellogic_1m", "modis"):
             assert r.split == "train"
+
+
+def test_web_tiles_become_mosaics(data_dir):
+    recs = D.load_index(data_dir)
+    blocks = {r.file: r for r in recs if r.group == "bluemarble_tiles"}
+    assert set(blocks) == {"bluemarble_tiles/z7/block_14_12", "bluemarble_tiles/z7/block_16_10"}
+    held, kept = blocks["bluemarble_tiles/z7/block_14_12"], blocks["bluemarble_tiles/z7/block_16_10"]
+    assert (held.split, kept.split) == ("eval", "train")
+    assert (held.width, held.height, len(held.tiles)) == (128, 128, 3)
+    assert (kept.width, kept.height, len(kept.tiles)) == (128, 64, 2)
+    assert held.m_per_px == pytest.approx((1100 + 1100 + 1110) / 3) and held.place == held.file
+    # Pixels land where the tiles are; the missing tile (56, 49) is no-data black.
+    img = D.load_image(held)
+    tile = np.asarray(Image.open(data_dir / "bluemarble_tiles/z7/57_49.png").convert("RGB"))
+    np.testing.assert_array_equal(img[64:, 64:], tile)
+    assert img[64:, :64].max() == 0
+    # Every other image passes through unchanged.
+    assert len(recs) == len(FAKE) - 5 + 2
+    # Crops from the held-out mosaic never touch the missing tile.
+    p = D.build_patches(data_dir, "eval", patch=PATCH, count=60, seed=3, progress=False)
+    mosaic = p["source"] == "bluemarble_tiles"
+    assert mosaic.sum() > 0 and (p["child"][mosaic].max(-1) > D.BLACK_LEVEL).all()
 
 
 def test_split_of_ucmerced_indices():

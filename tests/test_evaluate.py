@@ -124,8 +124,10 @@ def test_stage_chain_and_mean_shapes():
         assert torch.allclose(F.avg_pool2d(out, 2), parent, atol=1e-4)  # back-projected
     canvas = evaluate.stage_canvas(parent, 32)
     assert canvas.shape == (3, 3, PATCH + 64, PATCH + 64)
+    window = evaluate.mirror_pad(parent, 16 + model.context_margin)
     noise = torch.randn(canvas.shape)
-    mean = evaluate.mean_prediction(model, sched, canvas, torch.zeros(3, canvas.shape[-1]), noise)
+    mean = evaluate.mean_prediction(model, sched, window, torch.zeros(3, window.shape[-1]),
+                                    torch.zeros(3, canvas.shape[-1]), noise)
     assert mean.shape == canvas.shape and torch.isfinite(mean).all()
     start = F.avg_pool2d(child, 16)
     chain = evaluate.run_chain("model", start, mpp, 4, **kw)

@@ -28,13 +28,31 @@ Held-out evaluation split (fixed, by place)
 * ``neon``: every image of the site ``NEON site YELL`` (Yellowstone conifers);
 * ``ucmerced``: images 90-99 of every one of the 21 classes (file names ``<class>90`` ..
   ``<class>99``; 210 images);
+* ``bluemarble_tiles``: every z6/z7 web tile inside one of the z4 tiles named in
+  ``EVAL_BLUEMARBLE_Z4`` (Iberia, the central US plains, the Congo basin, Western Australia,
+  Mongolia, the Pampas): six regions of 2,500 km, one per continent;
+* ``landsat_30m``: frame ``LC08_224077`` (path 224 row 77, the northern of the two Parana
+  frames, which do not overlap); row 78 is train;
+* ``landsat_scenes``: Olinda/Recife (tropical city and coast);
+* ``naip_scenes``: the Alabama/Florida forest and fields chip (``m_3008501``);
+* ``sentinel2_scenes``: the two BigEarthNet patches from Serbia;
 * ``sentinel2_10m``: the acquisition of 2021-07-16 (the Boadella reservoir is the only place
   in this set, so this is a held-out date, not a held-out place);
 * ``naip_5m``: the 2020 acquisition (one North Dakota quad over the years: a held-out year);
-* ``landsat_30m``: frame ``LC08_224077`` (path 224 row 77, the northern of the two Parana
-  frames, which do not overlap); row 78 is train;
-* ``landsat_300m``, ``satellogic_1m``, ``modis``: train only (too few images to hold out);
-* ``bluemarble``: train only (one whole-Earth image; nothing is held out there).
+* ``landsat_300m``, ``coarse_scenes``, ``aerial_scenes``, ``satellogic_1m``, ``modis``,
+  ``bluemarble`` (the whole-Earth mosaics, yearly and monthly): train only.
+
+Mosaics
+-------
+Web tiles (``bluemarble_tiles/z6``, ``z7`` and ``openaerialmap/z19``, ``z20``, ``z21``) are
+joined into mosaics of up to ``MOSAIC_TILES`` x ``MOSAIC_TILES`` adjacent tiles (blocks aligned
+on the tile grid; missing tiles are black no-data, which the masks below keep out of every crop),
+so that they also supply pairs at coarser scales. A mosaic is one image of the index: its
+``file`` names the block (``bluemarble_tiles/z7/block_36_20``) and its ``tiles`` the parts.
+
+Each image belongs to a *place* (``ImageRecord.place``): the OpenAerialMap region, the NEON site,
+the UC Merced class, a Blue Marble block, otherwise the region text of the index. Places are
+the unit of balancing below and of the held-out split.
 
 Patches and masks
 -----------------
@@ -53,11 +71,13 @@ centre (``lat``; NaN where unknown) so that a trainer can apply a cos(latitude) 
 
 Balancing
 ---------
-UC Merced (2,100 images) and OpenAerialMap (2,253 tiles) would swamp the thin middle
-resolutions (a handful of images at 1-300 m/px). `build_patches` therefore enumerates
-*slots* (one image at one octave k) and assigns each slot to a resolution band (octave of m/px,
-``floor(log2(g * 2**k))``). The requested patch count is split equally across bands, within a
-band equally across groups, within a group equally across slots (images). Each slot has a
+UC Merced (2,100 images), OpenAerialMap (2,253 tiles) and the Blue Marble tiles (6,032) would
+swamp the thin middle resolutions (a few dozen images at 1-300 m/px). `build_patches` therefore
+enumerates *slots* (one image at one octave k) and assigns each slot to a resolution band (octave
+of m/px, ``floor(log2(g * 2**k))``). The requested patch count is split equally across bands,
+within a band equally across groups, within a group equally across places, within a place
+equally across slots (images). Only children between ``min_m_per_px`` and ``max_m_per_px``
+(default: the zooms a server paints, ``SERVED_M_PER_PX``) are cut. Each slot has a
 capacity of ``cap_factor`` times its number of non-overlapping P x P crops, so small image sets
 are sampled more densely but not endlessly; whatever a capped band/group/slot cannot take goes
 to the others (water-filling). So small sets give many crops per image, huge sets few.
@@ -117,6 +137,17 @@ EVAL_UCMERCED_INDICES = frozenset(range(90, 100))
 EVAL_SENTINEL2_DATES = frozenset({"2021-07-16"})
 EVAL_NAIP_YEARS = frozenset({"2020"})
 EVAL_LANDSAT30_FRAMES = frozenset({"LC08_224077"})
+EVAL_LANDSAT_SCENES = frozenset({"olinda_recife_brazil"})
+EVAL_NAIP_SCENES = frozenset({"m_3008501"})
+EVAL_SENTINEL2_SCENE_LATLON = ((44.0, 45.0), (21.0, 22.0))  # the two BigEarthNet patches from Serbia
+# z4 tiles (x, y) held out of the Blue Marble web tiles: Iberia, central US plains, Congo basin,
+# Western Australia, Mongolia, the Pampas.
+EVAL_BLUEMARBLE_Z4 = frozenset({(7, 6), (3, 6), (8, 8), (13, 9), (12, 5), (5, 9)})
+MOSAIC_TILES = 4  # web tiles per mosaic side
+MOSAIC_GROUPS = frozenset({"bluemarble_tiles", "openaerialmap"})
+# Child resolutions the cascade paints by default: z5 at the equator (4.9 km) to z18 at 70 degrees
+# (0.2 m), with a little room each side.
+SERVED_M_PER_PX = (0.2, 8192.0)
 
 SPLITS = ("train", "eval")
 
@@ -129,7 +160,11 @@ log = logging.getLogger("cascade.training.data")
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One row of index.csv. `path` is absolute; `file` is relative to the data directory."""
+    """One image of the index. `path` is absolute; `file` is relative to the data directory.
+
+    A mosaic (see the module docstring) has `tiles`: ``(absolute path, column, row)`` of each
+    web tile present in its block, placed at ``(column * tile, row * tile)``.
+    """
 
     path: str
     width: int
@@ -141,11 +176,23 @@ class ImageRecord:
     source: str
     split: str
     file: str = ""
+    tiles: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def group(self) -> str:
         """The image set: first component of the relative file path (e.g. ``ucmerced``)."""
         return group_of(self.file or self.path)
+
+    @property
+    def place(self) -> str:
+        """Where the image is, for balancing and splitting (module docstring)."""
+        if self.group == "ucmerced":
+            return Path(self.file).parent.name
+        if self.group == "bluemarble_tiles":
+            return self.file
+        if self.group == "bluemarble":
+            return "whole Earth"
+        return self.region or self.file
 
 
 def group_of(file: str) -> str:
@@ -161,6 +208,16 @@ def _opt_float(s: str | None) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def web_tile_of(file: str) -> tuple[int, int, int] | None:
+    """(z, x, y) of a web tile file ``<group>/z<Z>/<X>_<Y>.<ext>``, else None."""
+    m = re.search(r"/z(\d+)/(\d+)_(\d+)\.\w+$", "/" + file)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def _in_box(value: float | None, box: tuple[float, float]) -> bool:
+    return value is not None and box[0] <= value <= box[1]
+
+
 def split_of(record: ImageRecord) -> str:
     """``"eval"`` for the fixed held-out places (module docstring), else ``"train"``."""
     group = record.group
@@ -172,6 +229,9 @@ def split_of(record: ImageRecord) -> str:
     elif group == "ucmerced":
         m = re.search(r"(\d+)$", stem)
         held = m is not None and int(m.group(1)) in EVAL_UCMERCED_INDICES
+    elif group == "bluemarble_tiles":
+        z, x, y = web_tile_of(record.tiles[0][0] if record.tiles else record.file) or (4, -1, -1)
+        held = (x >> (z - 4), y >> (z - 4)) in EVAL_BLUEMARBLE_Z4
     elif group == "sentinel2_10m":
         held = any(stem.endswith(d) for d in EVAL_SENTINEL2_DATES)
     elif group == "naip_5m":
@@ -179,13 +239,60 @@ def split_of(record: ImageRecord) -> str:
         held = date[:4] in EVAL_NAIP_YEARS
     elif group == "landsat_30m":
         held = any(stem.startswith(f) for f in EVAL_LANDSAT30_FRAMES)
-    else:  # landsat_300m, satellogic_1m, modis, bluemarble, anything unknown
+    elif group == "landsat_scenes":
+        held = stem in EVAL_LANDSAT_SCENES
+    elif group == "naip_scenes":
+        held = any(stem.startswith(f) for f in EVAL_NAIP_SCENES)
+    elif group == "sentinel2_scenes":
+        lat_box, lon_box = EVAL_SENTINEL2_SCENE_LATLON
+        held = _in_box(record.lat, lat_box) and _in_box(record.lon, lon_box)
+    else:  # landsat_300m, coarse_scenes, aerial_scenes, satellogic_1m, modis, bluemarble, unknown
         held = False
     return "eval" if held else "train"
 
 
-def load_index(data_dir: str | os.PathLike) -> list[ImageRecord]:
-    """All rows of ``data_dir/index.csv`` as ImageRecords, with their split filled in."""
+def mosaic_records(records: list[ImageRecord], tiles_per_side: int = MOSAIC_TILES) -> list[ImageRecord]:
+    """Join the web tiles of `MOSAIC_GROUPS` into block mosaics (module docstring); other records
+    pass through. A block never mixes zooms, regions or splits."""
+    out: list[ImageRecord] = []
+    blocks: dict[tuple, list[tuple[ImageRecord, int, int]]] = {}
+    for rec in records:
+        zxy = web_tile_of(rec.file) if rec.group in MOSAIC_GROUPS else None
+        if zxy is None:
+            out.append(rec)
+            continue
+        z, x, y = zxy
+        key = (rec.group, z, rec.region if rec.group == "openaerialmap" else "", rec.split,
+               x // tiles_per_side, y // tiles_per_side)
+        blocks.setdefault(key, []).append((rec, x % tiles_per_side, y % tiles_per_side))
+    for (group, z, region, split, bx, by), parts in sorted(blocks.items()):
+        first = parts[0][0]
+        size = first.width  # web tiles are square and all of one size
+        cols = [c for _, c, _ in parts]
+        rows = [r for _, _, r in parts]
+        c0, r0 = min(cols), min(rows)
+        mpp = [p.m_per_px for p, _, _ in parts if p.m_per_px is not None]
+        lats = [p.lat for p, _, _ in parts if p.lat is not None]
+        lons = [p.lon for p, _, _ in parts if p.lon is not None]
+        out.append(ImageRecord(
+            path=str(Path(first.path).parent / f"block_{bx}_{by}"),
+            width=size * (max(cols) - c0 + 1),
+            height=size * (max(rows) - r0 + 1),
+            m_per_px=float(np.mean(mpp)) if mpp else None,
+            lat=float(np.mean(lats)) if lats else None,
+            lon=float(np.mean(lons)) if lons else None,
+            region=region or f"{group} z{z} block {bx},{by}",
+            source=first.source,
+            split=split,
+            file=f"{group}/z{z}/block_{bx}_{by}" + (f"_{region}" if region else ""),
+            tiles=tuple((p.path, c - c0, r - r0) for p, c, r in parts),
+        ))
+    return out
+
+
+def load_index(data_dir: str | os.PathLike, mosaics: bool = True) -> list[ImageRecord]:
+    """All rows of ``data_dir/index.csv`` as ImageRecords, with their split filled in; web tiles
+    joined into mosaics unless `mosaics` is False."""
     data_dir = Path(data_dir)
     out: list[ImageRecord] = []
     with open(data_dir / "index.csv", newline="", encoding="utf-8") as fh:
@@ -204,7 +311,7 @@ def load_index(data_dir: str | os.PathLike) -> list[ImageRecord]:
                 file=file,
             )
             out.append(_with_split(rec))
-    return out
+    return mosaic_records(out) if mosaics else out
 
 
 def _with_split(rec: ImageRecord) -> ImageRecord:
@@ -429,9 +536,11 @@ class _Slot:
     cap: int       # capacity (crops)
     group: str
     band: int
+    place: str = ""
 
 
-def _slots_for(idx: int, rec: ImageRecord, patch: int, jitter: bool, cap_factor: float) -> list[_Slot]:
+def _slots_for(idx: int, rec: ImageRecord, patch: int, jitter: bool, cap_factor: float,
+               m_range: tuple[float, float] = (0.0, math.inf)) -> list[_Slot]:
     if rec.m_per_px is None:
         return []
     y0, y1 = allowed_rows(rec, rec.height)
@@ -443,7 +552,8 @@ def _slots_for(idx: int, rec: ImageRecord, patch: int, jitter: bool, cap_factor:
         jmax = min(2.0, fit / 2 ** k) if jitter else 1.0
         area = (rec.width / 2 ** k) * ((y1 - y0) / 2 ** k) / patch ** 2
         cap = max(1, int(cap_factor * area))
-        out.append(_Slot(idx, k, jmax, cap, rec.group, band_of(rec.m_per_px * 2 ** k)))
+        if m_range[0] <= rec.m_per_px * 2 ** k <= m_range[1]:
+            out.append(_Slot(idx, k, jmax, cap, rec.group, band_of(rec.m_per_px * 2 ** k), rec.place))
         k += 1
     return out
 
@@ -468,26 +578,49 @@ def _allocate(total: int, caps: list[int], rng: np.random.Generator) -> list[int
 
 
 def _plan(slots: list[_Slot], count: int, rng: np.random.Generator) -> list[int]:
-    """Crops per slot: equal over bands, then groups within a band, then slots within a group."""
+    """Crops per slot: equal over bands, then groups within a band, places within a group, and
+    slots within a place (water-filling at every level)."""
     alloc = [0] * len(slots)
-    by_band: dict[int, dict[str, list[int]]] = {}
+    tree: dict[int, dict[str, dict[str, list[int]]]] = {}
     for i, s in enumerate(slots):
-        by_band.setdefault(s.band, {}).setdefault(s.group, []).append(i)
-    bands = sorted(by_band)
-    band_caps = [sum(slots[i].cap for g in by_band[b].values() for i in g) for b in bands]
-    for b, nb in zip(bands, _allocate(count, band_caps, rng)):
-        groups = sorted(by_band[b])
-        g_caps = [sum(slots[i].cap for i in by_band[b][g]) for g in groups]
-        for g, ng in zip(groups, _allocate(nb, g_caps, rng)):
-            members = by_band[b][g]
-            for i, ns in zip(members, _allocate(ng, [slots[i].cap for i in members], rng)):
-                alloc[i] = ns
+        tree.setdefault(s.band, {}).setdefault(s.group, {}).setdefault(s.place, []).append(i)
+
+    def cap(node) -> int:
+        return sum(slots[i].cap for i in node) if isinstance(node, list) else sum(cap(v) for v in node.values())
+
+    def spread(node, n: int) -> None:
+        if isinstance(node, list):
+            for i, k in zip(node, _allocate(n, [slots[i].cap for i in node], rng)):
+                alloc[i] = k
+            return
+        keys = sorted(node)
+        for key, k in zip(keys, _allocate(n, [cap(node[key]) for key in keys], rng)):
+            spread(node[key], k)
+
+    spread(tree, count)
     return alloc
 
 
 def _load_rgb(path: str) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def load_image(rec: ImageRecord) -> np.ndarray:
+    """The pixels of an index image, assembling a mosaic from its tiles (no-data black between)."""
+    if not rec.tiles:
+        return _load_rgb(rec.path)
+    size = rec.width // (1 + max(c for _, c, _ in rec.tiles))  # the index's tile size
+    out = np.zeros((rec.height, rec.width, 3), np.uint8)
+    for path, col, row in rec.tiles:
+        tile = _load_rgb(path)
+        if tile.shape[0] < size or tile.shape[1] < size:  # coarser than the index says: leave it out
+            log.warning("%s is smaller than its index entry; left out of its mosaic", path)
+            continue
+        if tile.shape[:2] != (size, size):  # a finer file than the index says: keep the index's scale
+            tile = area_downsample_image(tile, (size, size))
+        out[row * size:(row + 1) * size, col * size:(col + 1) * size] = tile
+    return out
 
 
 def build_patches(
@@ -502,6 +635,7 @@ def build_patches(
     cap_factor: float | None = None,
     min_valid_fraction: float = MIN_VALID_FRACTION,
     progress: bool = True,
+    m_per_px_range: tuple[float, float] = SERVED_M_PER_PX,
 ) -> dict[str, np.ndarray]:
     """Cut child patches from the images of one split.
 
@@ -512,7 +646,8 @@ def build_patches(
 
     `jitter` (default: on for train, off for eval) scales each window by a random factor in
     [1, 2) (log-uniform) within its octave; without it children are exactly g * 2**k.
-    `max_images` keeps at most that many images per group (a quick subset).
+    `max_images` keeps at most that many images per group (a quick subset). Children are cut
+    only at resolutions within `m_per_px_range` (by octave of the slot).
 
     Returns a dict of numpy arrays, shuffled: ``child`` uint8 (N, P, P, 3), ``m_per_px``
     float32 (N,) child ground resolution, ``native_m_per_px`` float32, ``lat`` float32 (patch
@@ -544,7 +679,7 @@ def build_patches(
             keep.extend(rs[i] for i in pick)
         records = keep
 
-    slots = [s for i, r in enumerate(records) for s in _slots_for(i, r, patch, jitter, cap_factor)]
+    slots = [s for i, r in enumerate(records) for s in _slots_for(i, r, patch, jitter, cap_factor, m_per_px_range)]
     if per_image_per_scale is not None:
         alloc = [int(per_image_per_scale)] * len(slots)
     else:
@@ -558,7 +693,7 @@ def build_patches(
     out_child, out_r, out_native, out_lat, out_src, out_file = [], [], [], [], [], []
     for ri in tqdm(sorted(todo), desc=f"patches[{split}]", unit="img", disable=not progress, file=sys.stderr):
         rec = records[ri]
-        img = _load_rgb(rec.path)
+        img = load_image(rec)
         masks = MaskIndex(*nodata_mask(img, regions=True))
         rows = allowed_rows(rec, img.shape[0])
         side = min(img.shape[1], rows[1] - rows[0])
@@ -670,6 +805,21 @@ def load_packed(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return arrays["child"], np.asarray(arrays["m_per_px"], np.float32)
 
 
+def load_shards(paths: list[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray]:
+    """`load_packed` over several .npz files or directories of them (sorted), concatenated."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        found = sorted(p.glob("*.npz")) if p.is_dir() else [p]
+        if not found:
+            raise FileNotFoundError(f"no packed patches (.npz) in {p}")
+        files.extend(found)
+    parts = [load_packed(f) for f in files]
+    sizes = {c.shape[1:] for c, _ in parts}
+    if len(sizes) > 1:
+        raise ValueError(f"shards hold patches of different sizes: {sorted(sizes)}")
+    return np.concatenate([c for c, _ in parts]), np.concatenate([m for _, m in parts])
+
+
 def pack(
     data_dir: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -679,20 +829,48 @@ def pack(
     seed: int = 0,
     codec: str = "jpeg",
     quality: int = 95,
+    shard_mb: float | None = None,
     **kwargs,
 ) -> dict:
-    """Build one split's patches and write them to `out_path` (.npz). Returns a small report."""
+    """Build one split's patches and write them to `out_path` (.npz), or with `shard_mb` to
+    shards of at most that many MB in the directory `out_path` (to carry to a GPU machine).
+    Returns a small report."""
     t0 = time.time()
     arrays = build_patches(data_dir, split, patch=patch, count=count, seed=seed, **kwargs)
     t1 = time.time()
     meta = {"split": split, "patch": patch, "seed": seed, "count_requested": count or DEFAULT_COUNT[split],
             "data_dir_name": Path(data_dir).name}
-    save_packed(arrays, out_path, codec=codec, quality=quality, meta=meta)
+    paths = [Path(out_path)]
+    if shard_mb is None:
+        save_packed(arrays, out_path, codec=codec, quality=quality, meta=meta)
+    else:
+        paths = save_shards(arrays, Path(out_path), shard_mb, codec=codec, quality=quality, meta=meta)
     t2 = time.time()
     return {
-        "path": str(out_path), "n": int(len(arrays["child"])), "bytes": Path(out_path).stat().st_size,
-        "build_s": t1 - t0, "write_s": t2 - t1, "summary": summarize(arrays),
+        "path": str(out_path), "n": int(len(arrays["child"])), "bytes": sum(p.stat().st_size for p in paths),
+        "files": [str(p) for p in paths], "build_s": t1 - t0, "write_s": t2 - t1, "summary": summarize(arrays),
     }
+
+
+def save_shards(arrays: dict[str, np.ndarray], out_dir: Path, shard_mb: float, **save_kwargs) -> list[Path]:
+    """`save_packed` in shards of at most `shard_mb` MB each, named ``shard-000.npz`` ... in `out_dir`."""
+    n = len(arrays["child"])
+    if save_kwargs.get("codec", "jpeg") == "jpeg":
+        _, offsets = _encode_jpeg(arrays["child"], save_kwargs.get("quality", 95))
+        total = int(offsets[-1])
+    else:
+        total = arrays["child"].nbytes
+    shards = max(1, math.ceil(total * 1.03 / (shard_mb * 1e6)))  # npz headers and metadata add a little
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("shard-*.npz"):
+        old.unlink()
+    paths = []
+    for i, part in enumerate(np.array_split(np.arange(n), shards)):
+        shard = {k: v[part] for k, v in arrays.items()}
+        paths.append(save_packed(shard, out_dir / f"shard-{i:03d}.npz", **save_kwargs))
+        if paths[-1].stat().st_size > shard_mb * 1e6:
+            raise ValueError(f"{paths[-1]} is over {shard_mb} MB; use a lower --quality or more shards")
+    return paths
 
 
 def summarize(arrays: dict[str, np.ndarray]) -> str:
@@ -803,7 +981,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack", help="cut one split's patches and write them to a compressed .npz")
     p.add_argument("--data-dir", required=True, help="directory with index.csv and the images")
-    p.add_argument("--out", required=True, help="output .npz path")
+    p.add_argument("--out", required=True, help="output .npz path (a directory with --shard-mb)")
+    p.add_argument("--shard-mb", type=float, help="write shards of at most this many MB into the directory --out")
     p.add_argument("--split", required=True, choices=SPLITS)
     p.add_argument("--patch", type=int, default=DEFAULT_PATCH)
     p.add_argument("--count", type=int, default=None, help="patches to aim for (default: train 5000, eval 1000)")
@@ -826,7 +1005,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = pack(
         args.data_dir, args.out, args.split, patch=args.patch, count=args.count, seed=args.seed,
         codec=args.codec, quality=args.quality, per_image_per_scale=args.per_image_per_scale,
-        max_images=args.max_images, jitter=False if args.no_jitter else None,
+        max_images=args.max_images, jitter=False if args.no_jitter else None, shard_mb=args.shard_mb,
     )
     print(rep["summary"])
     print(f"wrote {rep['path']}: {rep['n']} patches, {rep['bytes'] / 1e6:.1f} MB "

@@ -38,9 +38,9 @@ Real children C (B, 3, P, P) at ground resolution r come from the packed eval sp
 
 The server paints every tile with a halo of real neighbouring context. Eval patches have no
 neighbours, so each stage mirrors its parent (half-sample symmetric padding) by the halo plus
-the bicubic margin, paints the padded canvas exactly as the painter does (`upsample_parent`,
-global-coordinate noise with a distinct window per patch, per-row log2 m/px, `sample_stage`)
-and keeps the centre. Patch selection with ``--max-patches`` is stratified over the bands.
+the model's context margin, paints the padded canvas exactly as the painter does
+(`sample_stage`: context encoder, upsampled parent, global-coordinate noise with a distinct
+window per patch, per-row log2 m/px) and keeps the centre. Patch selection with ``--max-patches`` is stratified over the bands.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ from cascade.training import metrics
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, default_halo, model_digest, read_window
-from cascade.sampler import BICUBIC_MARGIN, SAMPLERS, finish_stage, make_scheduler, sample_stage, upsample_parent
+from cascade.sampler import BICUBIC_MARGIN, SAMPLERS, finish_stage, make_scheduler, parent_context, sample_stage, upsample_parent
+from cascade.training.train import mirror_pad
 
 log = logging.getLogger("cascade.training.evaluate")
 
@@ -120,20 +121,10 @@ def select_patches(m_per_px: np.ndarray, max_patches: int | None, seed: int = 0)
 # One stage, the way the painter runs it
 
 
-def mirror_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
-    """Half-sample symmetric padding of the last two axes by `pad` (any size; repeats the mirror)."""
-    def index(n: int) -> torch.Tensor:
-        i = torch.arange(-pad, n + pad, device=x.device) % (2 * n)
-        return torch.where(i < n, i, 2 * n - 1 - i)
-
-    return x.index_select(-2, index(x.shape[-2])).index_select(-1, index(x.shape[-1]))
-
-
 def stage_canvas(parent: torch.Tensor, halo: int) -> torch.Tensor:
-    """The conditioning canvas for parents (B, 3, p, p): mirrored by halo/2 + the bicubic margin,
-    upsampled with `upsample_parent` (bicubic 2x, clamped): (B, 3, 2p + 2 halo, 2p + 2 halo)."""
-    window = mirror_pad(parent, halo // 2 + BICUBIC_MARGIN)
-    return upsample_parent(window, margin=BICUBIC_MARGIN)
+    """The bicubic conditioning canvas for parents (B, 3, p, p): mirrored by halo/2 + the bicubic
+    margin, upsampled with `upsample_parent` (bicubic 2x, clamped): (B, 3, 2p + 2 halo, 2p + 2 halo)."""
+    return upsample_parent(mirror_pad(parent, halo // 2 + BICUBIC_MARGIN))
 
 
 def _x0_from_output(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -151,17 +142,19 @@ def _x0_from_output(out: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tenso
 def mean_prediction(
     model: CascadeDenoiser,
     train_scheduler: DDPMScheduler,
-    parent_up: torch.Tensor,
+    parent_window: torch.Tensor,
+    parent_log2_mpp: torch.Tensor,
     log2_mpp: torch.Tensor,
     noise: torch.Tensor,
 ) -> torch.Tensor:
     """The model's estimate of E[child | parent]: the x0 prediction of one call at the highest-noise
-    training timestep with x_T = `noise`, as an image over `parent_up`, in [0, 1], (B, 3, H, W)."""
+    training timestep with x_T = `noise`, as an image over the upsampled parent, in [0, 1]."""
     t = train_scheduler.config.num_train_timesteps - 1
-    alpha_bar = train_scheduler.alphas_cumprod[t].to(parent_up.device, torch.float32)
-    dtype = next(model.parameters()).dtype
-    x_t = noise.to(parent_up.device, torch.float32)
-    out = model(x_t.to(dtype), t, parent_up.to(dtype), log2_mpp).float()
+    alpha_bar = train_scheduler.alphas_cumprod[t].to(parent_window.device, torch.float32)
+    parent_up = parent_context(model, parent_window)
+    context = model.encode_context(parent_window, parent_log2_mpp)
+    x_t = noise.to(parent_window.device, torch.float32)
+    out = model(x_t, t, parent_up, log2_mpp, context).float()
     x0 = _x0_from_output(out, x_t, alpha_bar, train_scheduler.config.prediction_type)
     return (parent_up + x0 / model.config.residual_scale).clamp(0, 1)
 
@@ -189,20 +182,37 @@ def run_stage(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    canvas_up = stage_canvas(parent, halo)
-    size = canvas_up.shape[-1]
+    p_h, p_w = parent.shape[-2:]
+    if p_h % 8 or p_w % 8:
+        # The model paints canvases on a 16 px grid: extend the parent by its mirror image, crop after.
+        rows = _mirror_index(p_h, -(-p_h // 8) * 8, parent.device)
+        cols = _mirror_index(p_w, -(-p_w // 8) * 8, parent.device)
+        extended = parent.index_select(-2, rows).index_select(-1, cols)
+        out = run_stage(method, extended, m_per_px, model=model, scheduler=scheduler, train_scheduler=train_scheduler,
+                        steps=steps, halo=halo, seed=seed, zoom=zoom, indices=indices)
+        return out[..., : 2 * p_h, : 2 * p_w]
     if method == "bicubic":
-        canvas = canvas_up
+        canvas = stage_canvas(parent, halo)
     else:
+        window = mirror_pad(parent, halo // 2 + model.context_margin)
+        size = parent.shape[-1] * 2 + 2 * halo
         indices = range(len(parent)) if indices is None else indices
         pitch = -(-size // 8) * 8
         noise = batch_noise(seed, zoom, [(int(i) * pitch, 0) for i in indices], size, size, device=parent.device)
-        log2_mpp = torch.log2(m_per_px.to(parent.device, torch.float32))[:, None].expand(-1, size).contiguous()
+        log2 = torch.log2(m_per_px.to(parent.device, torch.float32))
+        log2_mpp = log2[:, None].expand(-1, size).contiguous()
+        parent_log2_mpp = (log2 + 1)[:, None].expand(-1, window.shape[-2]).contiguous()
         if method == "model":
-            canvas = sample_stage(model, scheduler, canvas_up, log2_mpp, noise, steps)
+            canvas = sample_stage(model, scheduler, window, parent_log2_mpp, log2_mpp, noise, steps)
         else:
-            canvas = mean_prediction(model, train_scheduler, canvas_up, log2_mpp, noise)
+            canvas = mean_prediction(model, train_scheduler, window, parent_log2_mpp, log2_mpp, noise)
     return finish_stage(canvas, mirror_pad(parent, halo // 2), halo)
+
+
+def _mirror_index(n: int, size: int, device) -> torch.Tensor:
+    """Indices 0..n-1 continued by their mirror image up to `size`."""
+    i = torch.arange(size, device=device) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -573,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     chains = None
     stages = args.chain_stages
     if stages:
-        if patch % (2 ** (stages - 1) * model.stride) or (patch >> stages) < 1:
+        if patch % 2 ** stages:
             raise ValueError(f"{patch} px patches cannot make {stages}-stage chains")
         t0 = time.perf_counter()
         chain_outs = ev.chains(child, mpp, sampler, steps, stages)
