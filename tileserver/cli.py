@@ -40,8 +40,9 @@ def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> 
     p.add_argument("--cache-dir", type=Path, help="tile cache directory (default: ./tile-cache)")
     if define_worlds:
         p.add_argument("--world", action="append", dest="worlds", metavar="NAME=ROOT",
-                       help="serve a world: NAME=earth, NAME=procedural:SEED or NAME=image:PATH, "
-                       "optionally ',seed=N'; repeatable (default: earth and one procedural world)")
+                       help="serve a world: NAME=earth, NAME=earth:month=M (1..12), NAME=earth:months (all twelve, "
+                       "as NAME-01..NAME-12), NAME=procedural:SEED or NAME=image:PATH, optionally ',seed=N'; "
+                       "repeatable (default: earth and one procedural world)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
     p.add_argument("--steps", type=int, help="solver steps per zoom (default: the value shipped with the weights)")
     p.add_argument("--sampler", choices=("dpmsolver++", "unipc", "ddim"), help="solver (default: shipped with the weights)")
