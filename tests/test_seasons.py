@@ -118,3 +118,27 @@ def test_painted_january_stays_whiter_than_july_three_zooms_below_the_root(seaso
         expected = root[r : r + 32, c : c + 32]
         blocks = tile.astype(np.float64).reshape(32, 8, 32, 8, 3).mean(axis=(1, 3))
         assert np.abs(blocks - expected).mean() < 3
+
+
+# ---------------------------------------------------------------- what clients read
+
+
+def test_documents_carry_the_month(season_service):
+    from lxml import etree
+
+    from tests.conftest import app_client
+
+    with app_client(season_service, maxzoom=7) as client:
+        tilejson = client.get("/jan/tilejson.json").json()
+        assert "earth:month=1" in tilejson["description"] and "January" in tilejson["description"]
+        assert "January 2004" in tilejson["attribution"]
+        caps = etree.fromstring(client.get("/jul/WMTSCapabilities.xml").content)
+        ns = {"wmts": "http://www.opengis.net/wmts/1.0", "ows": "http://www.opengis.net/ows/1.1"}
+        abstracts = caps.xpath("//wmts:Layer/ows:Abstract/text()", namespaces=ns)
+        assert len(abstracts) == 2 and all("month: July" in a for a in abstracts)
+        worlds = {w["name"]: w for w in client.get("/worlds").json()}
+    assert (worlds["jan"]["month"], worlds["jul"]["month"]) == (1, 7)
+    assert worlds["jan"]["seasons"] == worlds["jul"]["seasons"] == [
+        {"name": "jan", "month": 1},
+        {"name": "jul", "month": 7},
+    ]
