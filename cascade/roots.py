@@ -26,13 +26,13 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
-    "TILE_SIZE",
-    "Root",
-    "ImageRoot",
-    "EarthRoot",
-    "ProceduralRoot",
-    "RootNotFoundError",
     "MONTH_NAMES",
+    "TILE_SIZE",
+    "EarthRoot",
+    "ImageRoot",
+    "ProceduralRoot",
+    "Root",
+    "RootNotFoundError",
     "open_root",
     "tile_pixel_lonlat",
 ]
@@ -273,7 +273,7 @@ class EarthRoot(ImageRoot):
             raise ValueError(f"month must be an integer 1..12, got {month!r}")
         path = MONTHS_DIR / f"bluemarble-2004-{int(month):02d}.webp"
         if not path.is_file():
-            raise RootNotFoundError(2, "monthly Earth root missing; make it with scripts/make_season_roots.py", str(path))
+            raise RootNotFoundError(2, "monthly root missing; make it with scripts/make_season_roots.py", str(path))
         super().__init__(path, root_zoom, f"{self.ATTRIBUTION}, {MONTH_NAMES[month - 1]} 2004")
         self.month = int(month)
 

@@ -30,7 +30,9 @@ Image.MAX_IMAGE_PIXELS = 8192 * 4096  # the sources are large but trusted
 def source_for(data_dir: Path, month: int) -> Path:
     found = sorted(data_dir.rglob(f"bmng_*_2004-{month:02d}_*.jpg"))
     if len(found) != 1:
-        raise SystemExit(f"make_season_roots: expected one bmng_*_2004-{month:02d}_*.jpg under {data_dir}, found {len(found)}")
+        raise SystemExit(
+            f"make_season_roots: expected one bmng_*_2004-{month:02d}_*.jpg under {data_dir}, found {len(found)}"
+        )
     return found[0]
 
 

@@ -1,4 +1,5 @@
-// Leaflet view: 256 px tiles from /worlds (512 px @2x on high-DPI screens), world and month selectors, zoom/coordinate readout, permalink in the hash.
+// Leaflet view: 256 px tiles from /worlds (512 px @2x on high-DPI screens), world and month selectors,
+// zoom/coordinate readout, permalink in the hash.
 (async function () {
   const viewer = window.TileViewer;
   const state = Object.assign(viewer.state, { view: "leaflet" });

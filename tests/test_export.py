@@ -60,7 +60,8 @@ def exported(tmp_path_factory):
             painted.append(0)
             assert main(["-q", "export", *common, "-o", str(out), "--format", fmt]) == 0
     settings = Settings(worlds=("w=procedural:5",), cache_dir=root / "cache", weights=weights, steps=1)
-    return dict(mbtiles=root / "area.mbtiles", pmtiles=root / "area.pmtiles", painted=painted, settings=settings)
+    return {"mbtiles": root / "area.mbtiles", "pmtiles": root / "area.pmtiles", "painted": painted,
+            "settings": settings}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +123,9 @@ def test_pmtiles_holds_the_served_webp_bytes_clustered(exported, client):
         assert Image.open(io.BytesIO(data)).format == "WEBP"
 
 
-@pytest.mark.skipif(not (GDALINFO and GDAL_TRANSLATE), reason="needs GDAL from Debian gdal-bin (scripts/install-system-deps.sh)")
+@pytest.mark.skipif(
+    not (GDALINFO and GDAL_TRANSLATE), reason="needs GDAL from Debian gdal-bin (scripts/install-system-deps.sh)"
+)
 def test_gdal_reads_the_mbtiles_pixel_for_pixel(exported, client, tmp_path):
     """GDAL's MBTiles driver (its own TMS handling and georeferencing) shows the served tiles at their places."""
     src = str(exported["mbtiles"])

@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--world", required=True, help="world name, or NAME=ROOT to define it here")
     export.add_argument("--bbox", type=_bbox, required=True, help="W,S,E,N in degrees")
     export.add_argument("--zoom", type=_zoom_range, required=True, help="zoom range, e.g. 0-10")
-    export.add_argument("-o", "--output", type=Path, required=True, help="FILE.mbtiles (MBTiles 1.3) or FILE.pmtiles (PMTiles v3)")
+    export.add_argument("-o", "--output", type=Path, required=True,
+                        help="FILE.mbtiles (MBTiles 1.3) or FILE.pmtiles (PMTiles v3)")
     export.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
                         help="tile encoding, the same bytes the server sends for that extension (default: png)")
     export.add_argument("--chunk", type=int, default=64, help="tiles per plan (default: 64)")

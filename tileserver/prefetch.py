@@ -47,6 +47,7 @@ def prefetch(
             for start in range(0, len(missing), chunk):
                 part = missing[start : start + chunk]
                 if not dry_run:
-                    service.ensure(world, part)
+                    # A chunk may take minutes: show its metatiles as they are painted.
+                    service.ensure(world, part, lambda done, total: bar.set_postfix_str(f"metatiles {done}/{total}"))
                 bar.update(len(part))
     return missing_total
