@@ -23,6 +23,7 @@ from tests.conftest import make_tiny_model
 from tileserver import export as export_module
 from tileserver.app import create_app
 from tileserver.cli import main
+from tileserver.prefetch import Area
 from tileserver.settings import Settings
 
 BBOX = (10.0, 40.0, 12.0, 42.0)  # W, S, E, N: one or two tiles per zoom
@@ -175,7 +176,7 @@ def test_a_crash_while_writing_leaves_no_partial_file(exported, tmp_path, monkey
     service = build_service(exported["settings"])
     try:
         with pytest.raises(OSError, match="disk full"):
-            export_module.export(service, "w", BBOX, ZOOMS, out, quiet=True)
+            export_module.export(service, Area("w", BBOX, *ZOOMS), out, quiet=True)
     finally:
         service.store.close()
     assert len(written) == 3

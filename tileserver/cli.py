@@ -91,26 +91,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     from tileserver.app import build_service
-    from tileserver.prefetch import prefetch
+    from tileserver.prefetch import Area, prefetch
 
     service = build_service(settings_from_args(args))
-    world = _world_name(args.world, service)
+    area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
     try:
-        prefetch(service, world, args.bbox, args.zoom, args.chunk, args.dry_run, args.quiet)
+        painted = prefetch(service, area, args.chunk, args.dry_run, args.quiet)
     finally:
         service.store.close()
+    log.info("painted %d metatiles", painted)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from tileserver.app import build_service
     from tileserver.export import archive_kind, export
+    from tileserver.prefetch import Area
 
     archive_kind(args.output)  # a bad output name fails before the model loads
     service = build_service(settings_from_args(args))
-    world = _world_name(args.world, service)
+    area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
     try:
-        count = export(service, world, args.bbox, args.zoom, args.output, args.format, args.chunk, args.quiet)
+        count = export(service, area, args.output, args.format, args.chunk, args.quiet)
     finally:
         service.store.close()
     log.info("wrote %s (%d tiles)", args.output, count)

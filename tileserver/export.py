@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from tileserver import clients
 from tileserver.encode import decode, encode
-from tileserver.prefetch import BBox, area_tiles, prefetch
+from tileserver.prefetch import Area, prefetch
 from tileserver.tiles import TileService
 
 ARCHIVE_KINDS = (".mbtiles", ".pmtiles")
@@ -39,60 +39,56 @@ def archive_kind(path: Path) -> str:
     return kind
 
 
-def metadata(service: TileService, world: str, bbox: BBox, zooms: tuple[int, int], fmt: str) -> dict[str, str]:
+def metadata(service: TileService, area: Area, fmt: str) -> dict[str, str]:
     """MBTiles 1.3 metadata (all values text); the PMTiles file carries the same in its JSON metadata."""
-    lo, hi = zooms
-    w, s, e, n = tile_extent(bbox, hi)
+    w, s, e, n = tile_extent(area)
+    world = service.worlds[area.world]
     return {
-        "name": world,
+        "name": area.world,
         "format": fmt,
         "bounds": f"{w!r},{s!r},{e!r},{n!r}",
-        "center": f"{(w + e) / 2!r},{(s + n) / 2!r},{lo}",
-        "minzoom": str(lo),
-        "maxzoom": str(hi),
-        "attribution": clients.attribution(service.worlds[world]),
-        "description": clients.description(service.worlds[world]),
+        "center": f"{(w + e) / 2!r},{(s + n) / 2!r},{area.minzoom}",
+        "minzoom": str(area.minzoom),
+        "maxzoom": str(area.maxzoom),
+        "attribution": clients.attribution(world),
+        "description": clients.description(world),
         "type": "baselayer",
         "model_revision": service.revision,
     }
 
 
-def tile_extent(bbox: BBox, z: int) -> BBox:
-    """The area the zoom-`z` tiles of `bbox` cover: `bbox` widened to their edges. Every shallower zoom
-    covers it too (as MBTiles `bounds` must), and it falls on pixel edges at every zoom down to z, so
-    readers that crop to the bounds (GDAL) need not resample."""
-    tiles = area_tiles(bbox, z)
+def area_tiles(area: Area, z: int) -> list[mercantile.Tile]:
+    """The zoom-`z` tiles of the area's box, as prefetch paints them (latitudes clipped to ±85.05°)."""
+    return list(mercantile.tiles(*area.bbox, [z]))
+
+
+def tile_extent(area: Area) -> tuple[float, float, float, float]:
+    """The area the deepest zoom's tiles cover: the bbox widened to their edges. Every shallower zoom
+    covers it too (as MBTiles `bounds` must), and it falls on pixel edges at every zoom, so readers
+    that crop to the bounds (GDAL) need not resample."""
+    tiles = area_tiles(area, area.maxzoom)
     x0, x1 = min(t.x for t in tiles), max(t.x for t in tiles)
     y0, y1 = min(t.y for t in tiles), max(t.y for t in tiles)
-    north_west, south_east = mercantile.bounds(x0, y0, z), mercantile.bounds(x1, y1, z)
+    north_west, south_east = mercantile.bounds(x0, y0, area.maxzoom), mercantile.bounds(x1, y1, area.maxzoom)
     return north_west.west, south_east.south, south_east.east, north_west.north
 
 
-def export(
-    service: TileService,
-    world: str,
-    bbox: BBox,
-    zooms: tuple[int, int],
-    path: Path,
-    fmt: str = "png",
-    chunk: int = 64,
-    quiet: bool = False,
-) -> int:
-    """Paint the missing tiles of `bbox` at zooms `lo..hi`, then write them all to `path` (.mbtiles or
-    .pmtiles), encoded as `fmt`. Returns the number of tiles written."""
+def export(service: TileService, area: Area, path: Path, fmt: str = "png", chunk: int = 64, quiet: bool = False) -> int:
+    """Paint the missing tiles of `area`, then write them all to `path` (.mbtiles or .pmtiles), encoded
+    as `fmt`. Returns the number of tiles written."""
     path = Path(path)
     kind = archive_kind(path)
     if fmt not in TILE_TYPES:
         raise ValueError(f"tile format must be png, jpg or webp, got {fmt!r}")
-    prefetch(service, world, bbox, zooms, chunk=chunk, quiet=quiet)
-    tiles = [t for z in range(zooms[0], zooms[1] + 1) for t in area_tiles(bbox, z)]
-    meta = metadata(service, world, bbox, zooms, fmt)
+    prefetch(service, area, chunk=chunk, quiet=quiet)
+    tiles = [t for z in range(area.minzoom, area.maxzoom + 1) for t in area_tiles(area, z)]
+    meta = metadata(service, area, fmt)
     write = write_mbtiles if kind == ".mbtiles" else write_pmtiles
     with tqdm(total=len(tiles), desc=f"writing {path.name}", unit="tile", disable=quiet) as bar:
 
         def tile_data(tile: mercantile.Tile) -> bytes:
             bar.update(1)
-            return tile_bytes(service, world, tile, fmt)
+            return tile_bytes(service, area.world, tile, fmt)
 
         with _atomic_output(path) as tmp:
             write(tmp, tiles, tile_data, meta)
