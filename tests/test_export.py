@@ -95,7 +95,7 @@ def test_mbtiles_holds_the_served_png_bytes_in_tms_rows(exported, client):
     w, s, e, n = (float(v) for v in meta["bounds"].split(","))
     assert w <= BBOX[0] and s <= BBOX[1] and e >= BBOX[2] and n >= BBOX[3]  # the z5 tiles' edges around the bbox
     assert (w, n) == pytest.approx(mercantile.ul(16, 11, 5)) and (e, s) == pytest.approx(mercantile.ul(18, 13, 5))
-    assert [float(v) for v in meta["center"].split(",")] == pytest.approx([(w + e) / 2, (s + n) / 2, 2])
+    assert [float(v) for v in meta["center"].split(",")] == pytest.approx([(w + e) / 2, (s + n) / 2, 5])  # 2° fit z5
     assert "procedural:5" in meta["description"] and "NASA Blue Marble" in meta["attribution"]
     got = {(z, x, (1 << z) - 1 - row): data for z, x, row, data in rows}  # TMS rows count from the south
     assert got.keys() == expected_tiles()
@@ -111,7 +111,7 @@ def test_pmtiles_holds_the_served_webp_bytes_clustered(exported, client):
         got = dict(all_tiles(source))
         assert reader.get(5, 17, 11) == got.get((5, 17, 11))
     assert header["clustered"] and header["tile_type"] == TileType.WEBP
-    assert (header["min_zoom"], header["max_zoom"], header["center_zoom"]) == (2, 5, 2)
+    assert (header["min_zoom"], header["max_zoom"], header["center_zoom"]) == (2, 5, 5)
     with sqlite3.connect(exported["mbtiles"]) as db:
         mbtiles_meta = dict(db.execute("SELECT name, value FROM metadata"))
     db.close()
@@ -156,6 +156,12 @@ def test_gdal_reads_the_mbtiles_pixel_for_pixel(exported, client, tmp_path):
 
 def png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_default_view_zoom_fits_the_area_on_screen():
+    assert export_module.view_zoom(Area("w", (-80.0, 45.0, -60.0, 60.0), 0, 12)) == 5  # 455x568 px at z5, 910x1136 at z6
+    assert export_module.view_zoom(Area("w", (-80.0, 45.0, -60.0, 60.0), 0, 4)) == 4
+    assert export_module.view_zoom(Area("w", (-180.0, -85.0, 180.0, 85.0), 1, 8)) == 1
 
 
 @pytest.mark.parametrize("suffix", [".mbtiles", ".pmtiles"])

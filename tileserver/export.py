@@ -47,7 +47,7 @@ def metadata(service: TileService, area: Area, fmt: str) -> dict[str, str]:
         "name": area.world,
         "format": fmt,
         "bounds": f"{w!r},{s!r},{e!r},{n!r}",
-        "center": f"{(w + e) / 2!r},{(s + n) / 2!r},{area.minzoom}",
+        "center": f"{(w + e) / 2!r},{(s + n) / 2!r},{view_zoom(area)}",
         "minzoom": str(area.minzoom),
         "maxzoom": str(area.maxzoom),
         "attribution": clients.attribution(world),
@@ -71,6 +71,18 @@ def tile_extent(area: Area) -> tuple[float, float, float, float]:
     y0, y1 = min(t.y for t in tiles), max(t.y for t in tiles)
     north_west, south_east = mercantile.bounds(x0, y0, area.maxzoom), mercantile.bounds(x1, y1, area.maxzoom)
     return north_west.west, south_east.south, south_east.east, north_west.north
+
+
+def view_zoom(area: Area, width: int = 1024, height: int = 768) -> int:
+    """The default view's zoom: the deepest of the area's zooms at which its box fits a width x height view."""
+    w, s, e, n = area.bbox
+    left, bottom = mercantile.xy(w, s, truncate=True)
+    right, top = mercantile.xy(e, n, truncate=True)
+    for z in range(area.maxzoom, area.minzoom, -1):
+        metres_per_pixel = 2 * mercantile.xy(180, 0)[0] / (256 << z)
+        if (right - left) / metres_per_pixel <= width and (top - bottom) / metres_per_pixel <= height:
+            return z
+    return area.minzoom
 
 
 def export(service: TileService, area: Area, path: Path, fmt: str = "png", chunk: int = 64, quiet: bool = False) -> int:
