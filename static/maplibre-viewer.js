@@ -1,4 +1,4 @@
-// MapLibre GL view: a raster source from the world's @2x TileJSON (512 px tiles), world switcher,
+// MapLibre GL view: a raster source from the world's @2x TileJSON (512 px tiles), world and month selectors,
 // zoom/coordinate readout, permalink in the hash (MapLibre's own `hash`), attribution from the TileJSON.
 (async function () {
   const viewer = window.TileViewer;
@@ -40,7 +40,7 @@
     const c = map.getCenter();
     viewer.showPosition(map.getZoom(), c.lat, c.lng, "./", 1);
   }
-  viewer.fillWorlds(document.getElementById("world"), worlds, start, show);
+  viewer.fillSelectors(worlds, start, show);
   map.on("move", update);
   window.maplibreMap = map;
   map.on("load", () => show(start));

@@ -1,4 +1,5 @@
-// Shared by both views: the world list, the permalink in the URL hash, the readout and the view switch.
+// Shared by both views: the world list and month selector, the permalink in the URL hash, the readout and the
+// view switch.
 // Permalink: #map=ZOOM/LAT/LON&world=NAME (MapLibre's own hash format; its zoom counts 512 px tiles,
 // so a MapLibre zoom is the Leaflet zoom minus one, and the view switch converts).
 window.TileViewer = {
@@ -36,10 +37,36 @@ window.TileViewer = {
     history.replaceState(history.state, "", "#" + parts.join("&"));
   },
 
-  fillWorlds(select, worlds, current, onChange) {
-    select.replaceChildren(...worlds.map((w) => new Option(w.name, w.name)));
-    select.value = current.name;
-    select.addEventListener("change", () => onChange(worlds.find((w) => w.name === select.value)));
+  MONTHS: ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+    "November", "December"],
+
+  // The world selector, and the month selector of Earth worlds served in several seasons; picking either
+  // calls show(world) with the chosen world.
+  fillSelectors(worlds, current, show) {
+    const worldSelect = document.getElementById("world");
+    const monthSelect = document.getElementById("month");
+    worldSelect.replaceChildren(...worlds.map((w) => new Option(w.name, w.name)));
+    const pick = (name) => {
+      const world = worlds.find((w) => w.name === name);
+      this.syncSelectors(world);
+      show(world);
+    };
+    worldSelect.addEventListener("change", () => pick(worldSelect.value));
+    monthSelect.addEventListener("change", () => pick(monthSelect.value));
+    this.syncSelectors(current);
+  },
+
+  // `seasons` (from /worlds) lists the served seasons of the world's Earth: the same parallel Earth (one
+  // seed) in each month, and the yearly mosaic. Other worlds have none, and the month selector hides.
+  syncSelectors(world) {
+    document.getElementById("world").value = world.name;
+    const monthSelect = document.getElementById("month");
+    const seasons = world.seasons || [];
+    monthSelect.replaceChildren(
+      ...seasons.map((s) => new Option(s.month ? this.MONTHS[s.month - 1] : "All year", s.name)),
+    );
+    monthSelect.value = world.name;
+    document.getElementById("season").hidden = seasons.length === 0;
   },
 
   // Readout and the link to the other view at the same place (zoomOffset: other view's zoom - this one's).

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.live_server import LIVE_MAXZOOM, live_server  # noqa: F401  (fixture)
-from tileserver.worlds import World
+from tileserver.worlds import World, parse_worlds
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -66,9 +66,11 @@ def block_means(a: np.ndarray, block: int = 16) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def server(live_server):  # noqa: F811
-    """The live server, with a second world so the world switcher has somewhere to go."""
+    """The live server, with a second world so the world switcher has somewhere to go, and the real Earth
+    in two seasons and over the year, so the month selector has too (their roots reach z4: nothing painted)."""
     test = live_server.service.worlds["test"]
     live_server.service.worlds["dune"] = World(name="dune", spec=test.spec, root=test.root, seed=9)
+    live_server.service.worlds.update(parse_worlds(["earth=earth", "earth-01=earth:month=1", "earth-07=earth:month=7"]))
     return live_server
 
 
@@ -279,6 +281,45 @@ def test_maplibre_view_shows_the_2x_tiles(browser, server):
     attribution = browser.find_element("css selector", ".maplibregl-ctrl-attrib").text
     assert "Procedural planet" in attribution and "NASA Blue Marble" in attribution
     assert "#map=2/" in browser.find_element("id", "other-view").get_attribute("href")
+
+
+@needs_chromium
+@pytest.mark.parametrize("view,page,zoom", [("leaflet", "/", 4), ("maplibre", "/maplibre", 3)])
+def test_month_selector_switches_seasons(browser, server, view, page, zoom):
+    """Over Quebec, January's world shows snow; the month selector switches to July's world (the same
+    parallel Earth), which is much darker; a world with no seasons hides the selector."""
+    from selenium.webdriver.support.ui import Select
+
+    state = open_view(browser, server, f"{page}#map={zoom}/56/-75&world=earth-01")
+    assert_clean_load(browser, server, state)
+    assert state["world"] == "earth-01"
+    assert browser.find_element("id", "season").is_displayed()
+    month = Select(browser.find_element("id", "month"))
+    assert [o.text for o in month.options] == ["All year", "January", "July"]
+    assert month.first_selected_option.text == "January"
+    january = screenshot(browser, f"{view}-january")
+
+    server.access.clear()
+    month.select_by_visible_text("July")
+    state = wait_ready(browser)
+    assert_clean_load(browser, server, state)
+    assert state["world"] == "earth-07" and "world=earth-07" in browser.execute_script("return location.hash")
+    assert Select(browser.find_element("id", "world")).first_selected_option.text == "earth-07"
+    requested = [path for _, path, _ in server.access.snapshot()]
+    assert any(path.startswith("/earth-07/") for path in requested), requested
+    assert not any(path.startswith("/earth-01/") for path in requested), requested
+    july = screenshot(browser, f"{view}-july")
+    assert_shows_imagery(july)
+
+    def whiteness(image: np.ndarray) -> float:  # mean darkest channel of the map area: high for snow
+        return float(image[90 : HEIGHT - 60, 60 : WIDTH - 10].min(axis=2).mean())
+
+    assert whiteness(january) > whiteness(july) + 30, (whiteness(january), whiteness(july))
+
+    Select(browser.find_element("id", "world")).select_by_value("test")
+    state = wait_ready(browser)
+    assert_clean_load(browser, server, state)
+    assert state["world"] == "test" and not browser.find_element("id", "season").is_displayed()
 
 
 # ---------------------------------------------------------------- GDAL

@@ -1,4 +1,4 @@
-"""`tileserver` command line: serve, prefetch, tile, train, evaluate."""
+"""`tileserver` command line: serve, prefetch, export, tile, train, evaluate."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-import mercantile
 
 from tileserver.settings import Settings
 
@@ -40,8 +38,9 @@ def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> 
     p.add_argument("--cache-dir", type=Path, help="tile cache directory (default: ./tile-cache)")
     if define_worlds:
         p.add_argument("--world", action="append", dest="worlds", metavar="NAME=ROOT",
-                       help="serve a world: NAME=earth, NAME=procedural:SEED or NAME=image:PATH, "
-                       "optionally ',seed=N'; repeatable (default: earth and one procedural world)")
+                       help="serve a world: NAME=earth, NAME=earth:month=M (1..12), NAME=earth:months (all twelve, "
+                       "as NAME-01..NAME-12), NAME=procedural:SEED or NAME=image:PATH, optionally ',seed=N'; "
+                       "repeatable (default: earth and one procedural world)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
     p.add_argument("--steps", type=int, help="solver steps per zoom (default: the value shipped with the weights)")
     p.add_argument("--sampler", choices=("dpmsolver++", "unipc", "ddim"), help="solver (default: shipped with the weights)")
@@ -91,28 +90,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from tileserver.app import build_service
+    from tileserver.prefetch import Area, prefetch
 
     service = build_service(settings_from_args(args))
-    world = _world_name(args.world, service)
-    lo, hi = args.zoom
-    if hi > service.zooms.maxzoom:
-        raise SystemExit(f"zoom {hi} is deeper than the served maximum {service.zooms.maxzoom}")
-    w, s, e, n = args.bbox
-    # Top-down, zoom by zoom: each level's parents are stored before its children are planned,
-    # so an interrupted run resumes where it stopped, skipping what is stored.
-    for z in range(lo, hi + 1):
-        tiles = list(mercantile.tiles(w, s, e, n, [z]))
-        missing = [t for t in tiles if service.cached(world, t.z, t.x, t.y) is None]
-        with tqdm(total=len(tiles), initial=len(tiles) - len(missing), desc=f"z{z}", unit="tile", disable=args.quiet) as bar:
-            for start in range(0, len(missing), args.chunk):
-                chunk = missing[start : start + args.chunk]
-                if not args.dry_run:
-                    service.ensure(world, chunk)
-                bar.update(len(chunk))
-    service.store.close()
+    area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
+    try:
+        painted = prefetch(service, area, args.chunk, args.dry_run, args.quiet)
+    finally:
+        service.store.close()
+    log.info("painted %d metatiles", painted)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tileserver.app import build_service
+    from tileserver.export import archive_kind, export
+    from tileserver.prefetch import Area
+
+    archive_kind(args.output)  # a bad output name fails before the model loads
+    service = build_service(settings_from_args(args))
+    area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
+    try:
+        count = export(service, area, args.output, args.format, args.chunk, args.quiet)
+    finally:
+        service.store.close()
+    log.info("wrote %s (%d tiles)", args.output, count)
     return 0
 
 
@@ -160,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--dry-run", action="store_true", help="count what would be painted, paint nothing")
     _server_options(prefetch)
     prefetch.set_defaults(func=cmd_prefetch)
+
+    export = sub.add_parser("export", help="paint an area and write it to one MBTiles or PMTiles file, for offline use")
+    export.add_argument("--world", required=True, help="world name, or NAME=ROOT to define it here")
+    export.add_argument("--bbox", type=_bbox, required=True, help="W,S,E,N in degrees")
+    export.add_argument("--zoom", type=_zoom_range, required=True, help="zoom range, e.g. 0-10")
+    export.add_argument("-o", "--output", type=Path, required=True,
+                        help="FILE.mbtiles (MBTiles 1.3) or FILE.pmtiles (PMTiles v3)")
+    export.add_argument("--format", choices=("png", "jpg", "webp"), default="png",
+                        help="tile encoding, the same bytes the server sends for that extension (default: png)")
+    export.add_argument("--chunk", type=int, default=64, help="tiles per plan (default: 64)")
+    _server_options(export)
+    export.set_defaults(func=cmd_export)
 
     tile = sub.add_parser("tile", help="paint one tile to a PNG file")
     tile.add_argument("world", help="world name, or NAME=ROOT to define it here")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cascade.roots import Root, open_root
+from cascade.roots import EarthRoot, Root, open_root
 
 DEFAULT_WORLDS = ("earth=earth", "parallel=procedural:7")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -34,32 +34,63 @@ class World:
 
 
 def parse_world(text: str) -> World:
-    """Parse `NAME=ROOT[,seed=N]`, where ROOT is `earth`, `procedural:SEED` or `image:PATH`.
+    """Parse `NAME=ROOT[,seed=N]`, where ROOT is `earth`, `earth:month=M`, `procedural:SEED` or `image:PATH`.
 
-    A procedural world's seed defaults to its planet seed; other worlds default to seed 0.
+    A procedural world's seed defaults to its planet seed; other worlds default to seed 0, so every
+    month of the Earth is the same parallel Earth as `earth` in another season.
     """
-    name, sep, rest = text.partition("=")
-    name = name.strip()
-    if not sep or not rest.strip():
-        raise ValueError(f"world {text!r} must look like NAME=earth, NAME=procedural:SEED or NAME=image:PATH")
-    if not _NAME.match(name):
-        raise ValueError(f"world name {name!r} must be lower-case letters, digits, '-' or '_' (at most 64)")
-    spec, seed = rest.strip(), None
-    match = re.fullmatch(r"(.*),seed=(-?\d+)", spec)
-    if match:
-        spec, seed = match.group(1), int(match.group(2))
+    name, spec, seed = _split(text)
     root = open_root(spec)
     if seed is None:
         seed = int(spec.split(":", 1)[1]) if spec.startswith("procedural:") else 0
     return World(name=name, spec=spec, root=root, seed=seed)
 
 
+def _split(text: str) -> tuple[str, str, int | None]:
+    """`NAME=ROOT[,seed=N]` as (name, root spec, seed or None)."""
+    name, sep, rest = text.partition("=")
+    name = name.strip()
+    if not sep or not rest.strip():
+        raise ValueError(
+            f"world {text!r} must look like NAME=earth, NAME=earth:month=M, NAME=earth:months, "
+            "NAME=procedural:SEED or NAME=image:PATH"
+        )
+    if not _NAME.match(name):
+        raise ValueError(f"world name {name!r} must be lower-case letters, digits, '-' or '_' (at most 64)")
+    spec, seed = rest.strip(), None
+    match = re.fullmatch(r"(.*),seed=(-?\d+)", spec)
+    if match:
+        spec, seed = match.group(1), int(match.group(2))
+    return name, spec, seed
+
+
+def expand_world(text: str) -> list[str]:
+    """`NAME=earth:months[,seed=N]` stands for twelve worlds, `NAME-01=earth:month=1` .. `NAME-12=earth:month=12`;
+    any other world flag stands for itself."""
+    name, spec, seed = _split(text)
+    if spec.replace(" ", "").lower() != "earth:months":
+        return [text]
+    suffix = "" if seed is None else f",seed={seed}"
+    return [f"{name}-{m:02d}=earth:month={m}{suffix}" for m in range(1, 13)]
+
+
 def parse_worlds(texts: list[str] | tuple[str, ...]) -> dict[str, World]:
-    """Parse several world flags; names must be unique."""
+    """Parse several world flags (expanding `NAME=earth:months`); names must be unique."""
     worlds: dict[str, World] = {}
-    for text in texts:
+    for text in (one for flag in texts for one in expand_world(flag)):
         world = parse_world(text)
         if world.name in worlds:
             raise ValueError(f"world {world.name!r} is defined twice")
         worlds[world.name] = world
     return worlds
+
+
+def seasons(world: World, worlds: dict[str, World]) -> list[World]:
+    """The served seasons of `world`'s Earth: every Earth world with its seed (the same parallel Earth),
+    the yearly one first, then by month. Empty unless `world` is an Earth world and one of them is a month."""
+    if not isinstance(world.root, EarthRoot):
+        return []
+    same = [w for w in worlds.values() if isinstance(w.root, EarthRoot) and w.seed == world.seed]
+    if all(w.root.month is None for w in same):
+        return []
+    return sorted(same, key=lambda w: (w.root.month or 0, w.name))
