@@ -17,6 +17,7 @@ from tileserver.app import create_app
 from tileserver.settings import Settings
 from tileserver.tiles import TileService, ZoomRange
 from tileserver.worlds import World
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures shared by every module)
 
 TINY_CONFIG = dict(base_channels=8, deep_channels=16, blocks_top=1, blocks_deep=1, emb_dim=16)
 
