@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mercantile
 
+from cache.store import StorageError
 from tileserver.settings import Settings
 
 log = logging.getLogger("tileserver")
@@ -38,6 +39,7 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
 
 def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> None:
     p.add_argument("--cache-dir", type=Path, help="tile cache directory (default: ./tile-cache)")
+    p.add_argument("--store", metavar="URL", help="shared tile store, postgresql://USER@HOST:PORT/DB; wins over --cache-dir")
     if define_worlds:
         p.add_argument("--world", action="append", dest="worlds", metavar="NAME=ROOT",
                        help="serve a world: NAME=earth, NAME=procedural:SEED or NAME=image:PATH, "
@@ -60,6 +62,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         worlds = [world]
     return base.updated(
         cache_dir=args.cache_dir,
+        store=args.store,
         worlds=tuple(worlds) if worlds else None,
         device=args.device,
         steps=args.steps,
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, StorageError) as error:
         parser.exit(2, f"tileserver: error: {error}\n")
 
 
