@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +15,10 @@ from cache.store import StorageError
 from tileserver.settings import Settings
 
 log = logging.getLogger("tileserver")
+
+# How long a worker process may leave uvicorn's health pings unanswered: importing torch holds
+# the interpreter lock for seconds on a busy machine, and a worker killed for that never starts.
+WORKER_STARTUP_SECONDS = 120
 
 
 def _zoom_range(text: str) -> tuple[int, int]:
@@ -72,6 +78,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         maxzoom=args.maxzoom,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -85,12 +92,25 @@ def _world_name(text: str, service) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tileserver.app import create_app
-
     settings = settings_from_args(args)
-    log.info("serving %s on http://%s:%d (cache %s)", ", ".join(settings.worlds), settings.host, settings.port, settings.cache_dir)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    # Each worker process builds its own app (model, store connection) from these variables.
+    os.environ.update(settings.to_env())
+    log.info("serving %s on http://%s:%d with %d worker(s), store %s", ", ".join(settings.worlds), settings.host,
+             settings.port, settings.workers, settings.store or settings.cache_dir)
+    uvicorn.run("tileserver.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_config=_log_config(logging.getLogger().level), proxy_headers=True,
+                timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
     return 0
+
+
+def _log_config(level: int) -> dict:
+    """uvicorn's logging plus this project's loggers, applied in every worker process."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("tileserver", "cache"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
@@ -152,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: 8000)")
+    serve.add_argument("--workers", type=int, help="server processes on the port, each with its own model (default: 1)")
     _server_options(serve, define_worlds=True)
     serve.set_defaults(func=cmd_serve)
 
