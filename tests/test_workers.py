@@ -18,36 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
-from cascade.sampler import training_scheduler
-from tests.conftest import make_tiny_model
 from tileserver.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 TILES = ["/test/2/0/0.png", "/test/2/3/2.png"]  # two metatiles below the zoom-1 root
 PAINTED = re.compile(r"painted \d+ metatile\(s\) of test, children of ([\d/ ]+)")
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> Path:
-    """The tiny random model saved like the shipped weights, for server processes to load."""
-    path = tmp_path_factory.mktemp("weights")
-    make_tiny_model().save_pretrained(path, safe_serialization=True)
-    training_scheduler().save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory) -> str:
-    """`test=image:PATH` with a 512x256 equirectangular image: its root is zoom 1."""
-    path = tmp_path_factory.mktemp("world") / "root.png"
-    rng = np.random.default_rng(5)
-    coarse = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
-    Image.fromarray(coarse).resize((512, 256), Image.BICUBIC).save(path)
-    return f"test=image:{path}"
 
 
 def free_port() -> int:

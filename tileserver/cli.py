@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-import mercantile
-
 from cache.store import StorageError
 from tileserver.settings import Settings
 
@@ -114,28 +112,21 @@ def _log_config(level: int) -> dict:
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from tileserver.app import build_service
+    from tileserver.prefetch import Area, prefetch, prefetch_on_ray
 
-    service = build_service(settings_from_args(args))
-    world = _world_name(args.world, service)
-    lo, hi = args.zoom
-    if hi > service.zooms.maxzoom:
-        raise SystemExit(f"zoom {hi} is deeper than the served maximum {service.zooms.maxzoom}")
-    w, s, e, n = args.bbox
-    # Top-down, zoom by zoom: each level's parents are stored before its children are planned,
-    # so an interrupted run resumes where it stopped, skipping what is stored.
-    for z in range(lo, hi + 1):
-        tiles = list(mercantile.tiles(w, s, e, n, [z]))
-        missing = [t for t in tiles if service.cached(world, t.z, t.x, t.y) is None]
-        with tqdm(total=len(tiles), initial=len(tiles) - len(missing), desc=f"z{z}", unit="tile", disable=args.quiet) as bar:
-            for start in range(0, len(missing), args.chunk):
-                chunk = missing[start : start + args.chunk]
-                if not args.dry_run:
-                    service.ensure(world, chunk)
-                bar.update(len(chunk))
-    service.store.close()
+    settings = settings_from_args(args)
+    service = build_service(settings)
+    area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
+    try:
+        service.store.reclaim()  # files orphaned by an earlier run that was killed
+        if args.ray:
+            painted = prefetch_on_ray(service, settings, area, args.ray, args.chunk, args.dry_run, args.quiet)
+        else:
+            painted = prefetch(service, area, args.chunk, args.dry_run, args.quiet)
+    finally:
+        service.store.close()
+    log.info("painted %d metatiles", painted)
     return 0
 
 
@@ -182,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--zoom", type=_zoom_range, required=True, help="zoom range, e.g. 0-10")
     prefetch.add_argument("--chunk", type=int, default=64, help="tiles per plan (default: 64)")
     prefetch.add_argument("--dry-run", action="store_true", help="count what would be painted, paint nothing")
+    prefetch.add_argument("--ray", metavar="ADDRESS", help="paint on a Ray cluster: its address, or 'auto' (the "
+                          "running cluster, else a local one); needs a shared --store across machines")
     _server_options(prefetch)
     prefetch.set_defaults(func=cmd_prefetch)
 
