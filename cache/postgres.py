@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS tiles (
 SCHEMA_LOCK = 0x74696C6573  # advisory lock id: servers starting at once create the table one at a time
 _WHERE = "world = %s AND revision = %s AND z = %s AND x = %s AND y = %s AND encoding = %s"
 _KEY = re.compile(r"([^/]+)/([^/]+)/(\d+)/(\d+)/(\d+)\.(.+)")
-_FAILURES = (psycopg.Error, PoolTimeout)
 T = TypeVar("T")
 
 
@@ -79,20 +78,35 @@ class PostgresStore(TileStore):
             raise StorageError(f"cannot open the PostgreSQL tile store: {str(error).strip()}") from None
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, timeout=timeout, open=True,
-            kwargs={"autocommit": True}, check=ConnectionPool.check_connection, name="tileserver-store",
+            kwargs={"autocommit": True}, name="tileserver-store",
         )
         self._claims: psycopg.Connection | None = None  # opened on the first claim
         self._claims_lock = threading.Lock()
+        self.unreachable: str | None = None  # why the database could not be reached, until it answers again
 
     def _run(self, action: str, work: Callable[[psycopg.Connection], T], write: bool = False) -> T:
-        try:
-            with self._pool.connection() as con:
-                result = work(con)
-        except _FAILURES as error:
-            raise self._failed(error, action, record=write) from None
+        """`work(connection)` on a pooled connection. Every statement here is idempotent, so one that
+        meets a connection the server dropped (restart, failover) runs once more on a fresh one."""
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as con:
+                    result = work(con)
+                break
+            except psycopg.OperationalError as error:
+                if attempt == 2 or isinstance(error, PoolTimeout):
+                    self.unreachable = str(error).strip() or type(error).__name__
+                    raise self._failed(error, action, record=write) from None
+            except psycopg.Error as error:
+                raise self._failed(error, action, record=write) from None
+        self.unreachable = None
         if write:
             self._wrote()
         return result
+
+    def health(self) -> dict:
+        if self.unreachable:
+            return {"backend": self.backend, "status": "degraded", "detail": f"unreachable: {self.unreachable}"}
+        return super().health()
 
     def load(self, key: str) -> bytes | None:
         columns = _columns(key)
@@ -153,13 +167,16 @@ class PostgresStore(TileStore):
 
     def _acquire(self, name: str) -> bool:
         with self._claims_lock:
-            try:
-                if self._claims is None or self._claims.closed:
-                    self._claims = psycopg.connect(self.url, autocommit=True)
-                return self._claims.execute("SELECT pg_try_advisory_lock(%s)", (_lock_id(name),)).fetchone()[0]
-            except psycopg.Error as error:
-                self._drop_claims()
-                raise self._failed(error, "claim a metatile", record=False) from None
+            for attempt in (1, 2):  # a dropped session (restart, failover) is opened again once
+                try:
+                    if self._claims is None or self._claims.closed:
+                        self._claims = psycopg.connect(self.url, autocommit=True)
+                    return self._claims.execute("SELECT pg_try_advisory_lock(%s)", (_lock_id(name),)).fetchone()[0]
+                except psycopg.Error as error:
+                    self._drop_claims()
+                    if attempt == 2 or not isinstance(error, psycopg.OperationalError):
+                        raise self._failed(error, "claim a metatile", record=False) from None
+        return False  # not reached: the second attempt returns or raises
 
     def _release(self, name: str) -> None:
         with self._claims_lock:

@@ -16,11 +16,11 @@ from cascade.model import CascadeDenoiser
 from cascade.painter import MetatilePainter
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures shared by every module)
 from tileserver.app import create_app
 from tileserver.settings import Settings
 from tileserver.tiles import TileService, ZoomRange
 from tileserver.worlds import World
-from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures shared by every module)
 
 TINY_CONFIG = dict(base_channels=8, deep_channels=16, blocks_top=1, blocks_deep=1, emb_dim=16)
 

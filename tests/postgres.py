@@ -80,7 +80,7 @@ def postgres_server():
         command = [str(bin_dir / args[0]), *args[1:]]
         if as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
     port = _free_port()
     init = run("initdb", "-D", str(data), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions")

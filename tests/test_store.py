@@ -214,6 +214,38 @@ class TestPostgresStore(StoreContract):
             s.close()
         assert not errors and len(stores) == 4
 
+    def test_dropped_connections_and_a_database_that_goes_away(self, location):
+        import psycopg
+
+        store = TileStore(location, timeout=2)
+        database = location.rsplit("/", 1)[1]
+        admin = psycopg.connect(location.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+
+        def drop_connections():
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+
+        try:
+            store.store(KEY, value(1))
+            drop_connections()  # a restart or failover: the next read reconnects
+            assert store.load(KEY) == value(1)
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
+            drop_connections()
+            with pytest.raises(StorageError):
+                store.load(KEY)
+            assert store.health()["status"] == "degraded" and "unreachable" in store.health()["detail"]
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(StorageError):
+                    assert store.load(KEY) == value(1)
+                    break
+                assert time.monotonic() < deadline, "the store did not reconnect"
+            assert store.health() == {"backend": "postgresql", "status": "ok"}
+        finally:
+            admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")
+            admin.close()
+            store.close()
+
     def test_unreachable_database_is_one_clear_error(self, postgres_server):
         url = postgres_server.url("no_such_database")
         with pytest.raises(StorageError, match="no_such_database"):
@@ -236,7 +268,7 @@ def small_filesystem(tmp_path):
     mount = tmp_path / "fs"
     mount.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tileserver-test", str(mount)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small filesystem here: {result.stderr.strip()}")
     try:
@@ -251,9 +283,9 @@ def read_only(path: Path):
     ignores permissions), else by taking away write permission."""
     if os.geteuid() == 0:
         for args in (["--bind", str(path), str(path)], ["-o", "remount,bind,ro", str(path)]):
-            result = subprocess.run(["mount", *args], capture_output=True, text=True)
+            result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
             if result.returncode != 0:
-                subprocess.run(["umount", str(path)], capture_output=True)
+                subprocess.run(["umount", str(path)], capture_output=True, check=False)
                 pytest.skip(f"cannot mount read-only here: {result.stderr.strip()}")
         try:
             yield
@@ -385,10 +417,9 @@ def test_orphans_of_a_killed_writer_are_reclaimed(tmp_path):
     with child_process(code) as child:
         child.send_signal(signal.SIGKILL)
         child.wait(10)
-    files = lambda: sorted(directory.rglob("*.val"))  # noqa: E731
-    assert len(files()) == 6  # one committed tile, five orphans
+    assert len(list(directory.rglob("*.val"))) == 6  # one committed tile, five orphans
     assert store.reclaim() == 0  # too young: they could belong to a write in progress
     assert store.reclaim(grace=0) == 5
-    assert files() == [value_file(directory, KEY)] and store.load(KEY) == value(1)
+    assert list(directory.rglob("*.val")) == [value_file(directory, KEY)] and store.load(KEY) == value(1)
     assert len(store) == 1
     store.close()

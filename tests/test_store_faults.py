@@ -64,7 +64,7 @@ def test_damaged_parent_is_repainted_before_its_children(healing):
 
 
 def test_deleted_cache_directory_is_repainted(healing):
-    client, service, cache, reference = healing
+    client, _, cache, reference = healing
     shutil.rmtree(cache)
     r = client.get(TILE)
     png_pixels(r)
@@ -109,7 +109,7 @@ def full_disk(directory, monkeypatch):
     whose writes fail with ENOSPC. Yields `fill(full: bool)`."""
     directory.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tileserver-test", str(directory)],
-                             capture_output=True).returncode == 0
+                             capture_output=True, check=False).returncode == 0
     ballast = directory / "ballast"
 
     def fill(full: bool) -> None:
