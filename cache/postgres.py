@@ -86,7 +86,8 @@ class PostgresStore(TileStore):
 
     def _run(self, action: str, work: Callable[[psycopg.Connection], T], write: bool = False) -> T:
         """`work(connection)` on a pooled connection. Every statement here is idempotent, so one that
-        meets a connection the server dropped (restart, failover) runs once more on a fresh one."""
+        meets a connection the server dropped (restart, failover) runs once more, after the pool has
+        replaced every dropped connection it holds."""
         for attempt in (1, 2):
             try:
                 with self._pool.connection() as con:
@@ -96,6 +97,7 @@ class PostgresStore(TileStore):
                 if attempt == 2 or isinstance(error, PoolTimeout):
                     self.unreachable = str(error).strip() or type(error).__name__
                     raise self._failed(error, action, record=write) from None
+                self._pool.check()
             except psycopg.Error as error:
                 raise self._failed(error, action, record=write) from None
         self.unreachable = None

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import diskcache
@@ -226,6 +227,8 @@ class TestPostgresStore(StoreContract):
 
         try:
             store.store(KEY, value(1))
+            with ThreadPoolExecutor(4) as pool:  # several pooled connections
+                assert all(v == value(1) for v in pool.map(lambda _: store.load(KEY), range(40)))
             drop_connections()  # a restart or failover: the next read reconnects
             assert store.load(KEY) == value(1)
             admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS false")
