@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from starlette.testclient import TestClient
 
 from cache.store import TileStore
@@ -13,6 +16,7 @@ from cascade.model import CascadeDenoiser
 from cascade.painter import MetatilePainter
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
+from tests.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures shared by every module)
 from tileserver.app import create_app
 from tileserver.settings import Settings
 from tileserver.tiles import TileService, ZoomRange
@@ -35,6 +39,25 @@ def make_tiny_model(seed: int = 0) -> CascadeDenoiser:
 @pytest.fixture(scope="session")
 def tiny_model() -> CascadeDenoiser:
     return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """The tiny random model saved like the shipped weights, for server processes to load."""
+    path = tmp_path_factory.mktemp("weights")
+    make_tiny_model().save_pretrained(path, safe_serialization=True)
+    training_scheduler().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> str:
+    """`test=image:PATH` with a 512x256 equirectangular image: its root is zoom 1."""
+    path = tmp_path_factory.mktemp("world") / "root.png"
+    rng = np.random.default_rng(5)
+    coarse = rng.integers(0, 256, (8, 16, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((512, 256), Image.BICUBIC).save(path)
+    return f"test=image:{path}"
 
 
 @pytest.fixture

@@ -68,3 +68,24 @@ def test_settings_from_environment():
         Settings.from_env({"TILESERVER_PORT": "eighty"})
     with pytest.raises(ValueError, match="zoom range"):
         Settings(minzoom=5, maxzoom=2)
+
+
+def test_unreachable_store_is_one_clear_line(tmp_path, weights, capsys, postgres_server):
+    url = postgres_server.url("missing_db")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tile", "w=procedural:5", "3", "0", "0", "-o", str(tmp_path / "x.png"), "--store", url,
+              "--weights", str(weights)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "missing_db" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_store_flag_and_environment(monkeypatch):
+    from tileserver.cli import build_parser, settings_from_args
+
+    monkeypatch.setenv("TILESERVER_STORE", "postgresql://u@h:5432/env")
+    args = build_parser().parse_args(["serve", "--cache-dir", "/tmp/c"])
+    assert settings_from_args(args).store == "postgresql://u@h:5432/env"
+    args = build_parser().parse_args(["serve", "--store", "postgresql://u@h:5432/flag"])
+    assert settings_from_args(args).store == "postgresql://u@h:5432/flag"
+    with pytest.raises(ValueError, match="postgresql://"):
+        Settings(store="mysql://x")

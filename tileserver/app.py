@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from cache.store import TileStore, tile_key
+from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
 from tileserver import clients
 from tileserver.batching import PaintQueue
@@ -36,8 +38,11 @@ from tileserver.settings import Settings
 from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
 
+log = logging.getLogger(__name__)
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DOCUMENT_MAX_AGE = 300  # seconds for TileJSON, capabilities and the world list
+PAINT_ATTEMPTS = 3  # paints of one request whose tile vanishes from the store before it is read
 
 
 class BadRequest(ValueError):
@@ -67,7 +72,7 @@ def build_service(settings: Settings) -> TileService:
     )
     return TileService(
         worlds=parse_worlds(settings.worlds),
-        store=TileStore(settings.cache_dir),
+        store=TileStore(settings.store or settings.cache_dir),
         painter=painter,
         zooms=ZoomRange(settings.minzoom, settings.maxzoom),
         max_batch=settings.max_batch or (1 if settings.device == "cpu" else 32),
@@ -129,14 +134,17 @@ async def tile_endpoint(request: Request) -> Response:
             raise TileOutOfRange(f"@2x at zoom {req.z} needs zoom {req.z + 1}, beyond {service.zooms.maxzoom}")
         needed = mercantile.children(needed[0])
 
-    if req.scale == 1 and req.fmt == "png":
-        body = service.cached(req.world, req.z, req.x, req.y)  # fast path: one key lookup
+    if req.scale == 1 and req.fmt == "png" and service.store.inline_reads:
+        body = service.cached(req.world, req.z, req.x, req.y)  # fast path: one local key lookup
     else:
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
-    if body is None:
+    # A tile can vanish between painting and reading (cache deleted, value damaged): paint again.
+    for _ in range(PAINT_ATTEMPTS):
+        if body is not None:
+            return _tile_response(request, body, MEDIA_TYPES[req.fmt])
         await request.app.state.queue.need(req.world, needed)
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
-    return _tile_response(request, body, MEDIA_TYPES[req.fmt])
+    raise StorageError("the tile was painted but could not be read back from the store")
 
 
 def _stored_encoding(service: TileService, req: TileRequest) -> bytes | None:
@@ -155,7 +163,10 @@ def _stored_encoding(service: TileService, req: TileRequest) -> bytes | None:
         return None
     pixels = decode(pngs[0]) if req.scale == 1 else _mosaic(base, parts, [decode(png) for png in pngs])
     data = encode(pixels, req.fmt)
-    service.store.store(key, data)
+    try:
+        service.store.store(key, data)
+    except StorageError as error:  # serve it anyway; it is derived again next time
+        log.warning("%s", error)
     return data
 
 
@@ -202,8 +213,9 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 async def health(request: Request) -> Response:
     service = _service(request)
+    store = service.store.health()
     return JSONResponse(
-        {"status": "ok", "model_revision": service.revision, "worlds": sorted(service.worlds), "tiles_stored": len(service.store)}
+        {"status": store["status"], "model_revision": service.revision, "worlds": sorted(service.worlds), "store": store}
     )
 
 
@@ -238,7 +250,7 @@ async def maplibre_view(request: Request) -> Response:
 
 
 # The one error table: exception type -> HTTP status. Bad input never reaches a 500.
-ERROR_STATUS: dict[type[Exception], int] = {BadRequest: 400, UnknownWorld: 404, TileOutOfRange: 404}
+ERROR_STATUS: dict[type[Exception], int] = {BadRequest: 400, UnknownWorld: 404, TileOutOfRange: 404, StorageError: 503}
 
 
 async def error_response(request: Request, exc: Exception) -> Response:
@@ -248,6 +260,8 @@ async def error_response(request: Request, exc: Exception) -> Response:
     else:
         status = next(ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in ERROR_STATUS)
         detail, headers = str(exc), None
+        if isinstance(exc, StorageError):
+            headers = {"Retry-After": str(exc.retry_after)}
     if _is_tile_request(request):
         return PlainTextResponse(detail + "\n", status_code=status, headers=headers)
     return JSONResponse({"error": detail, "status": status}, status_code=status, headers=headers)
@@ -261,13 +275,19 @@ def _is_tile_request(request: Request) -> bool:
 
 
 def create_app(settings: Settings | None = None, service: TileService | None = None) -> Starlette:
-    """The ASGI app. Pass `service` to inject a ready tile service (tests use a tiny model)."""
-    settings = settings or Settings()
+    """The ASGI app. Pass `service` to inject a ready tile service (tests use a tiny model).
+
+    Without arguments it reads `TILESERVER_*` variables: `uvicorn --factory tileserver.app:create_app`
+    builds one app per worker process that way.
+    """
+    settings = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.service = service or await anyio.to_thread.run_sync(build_service, settings)
+        # Reclaim what a crashed writer left in the store, without delaying start-up.
+        threading.Thread(target=app.state.service.store.reclaim, name="reclaim", daemon=True).start()
         async with PaintQueue(app.state.service) as queue:
             app.state.queue = queue
             try:

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
 import sys
 from pathlib import Path
 
+from cache.store import StorageError
 from tileserver.settings import Settings
 
 log = logging.getLogger("tileserver")
+
+# How long a worker process may leave uvicorn's health pings unanswered: importing torch holds
+# the interpreter lock for seconds on a busy machine, and a worker killed for that never starts.
+WORKER_STARTUP_SECONDS = 120
 
 
 def _zoom_range(text: str) -> tuple[int, int]:
@@ -36,6 +43,7 @@ def _bbox(text: str) -> tuple[float, float, float, float]:
 
 def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> None:
     p.add_argument("--cache-dir", type=Path, help="tile cache directory (default: ./tile-cache)")
+    p.add_argument("--store", metavar="URL", help="shared tile store, postgresql://USER@HOST:PORT/DB; wins over --cache-dir")
     if define_worlds:
         p.add_argument("--world", action="append", dest="worlds", metavar="NAME=ROOT",
                        help="serve a world: NAME=earth, NAME=earth:month=M (1..12), NAME=earth:months (all twelve, "
@@ -59,6 +67,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         worlds = [world]
     return base.updated(
         cache_dir=args.cache_dir,
+        store=args.store,
         worlds=tuple(worlds) if worlds else None,
         device=args.device,
         steps=args.steps,
@@ -68,6 +77,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         maxzoom=args.maxzoom,
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
+        workers=getattr(args, "workers", None),
     )
 
 
@@ -81,22 +91,40 @@ def _world_name(text: str, service) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from tileserver.app import create_app
-
     settings = settings_from_args(args)
-    log.info("serving %s on http://%s:%d (cache %s)", ", ".join(settings.worlds), settings.host, settings.port, settings.cache_dir)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", proxy_headers=True)
+    # Each worker process builds its own app (model, store connection) from these variables.
+    os.environ.update(settings.to_env())
+    log.info("serving %s on http://%s:%d with %d worker(s), store %s", ", ".join(settings.worlds), settings.host,
+             settings.port, settings.workers, settings.store or settings.cache_dir)
+    uvicorn.run("tileserver.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=settings.workers, log_config=_log_config(logging.getLogger().level), proxy_headers=True,
+                timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
     return 0
+
+
+def _log_config(level: int) -> dict:
+    """uvicorn's logging plus this project's loggers, applied in every worker process."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("tileserver", "cache"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
 
 
 def cmd_prefetch(args: argparse.Namespace) -> int:
     from tileserver.app import build_service
-    from tileserver.prefetch import Area, prefetch
+    from tileserver.prefetch import Area, prefetch, prefetch_on_ray
 
-    service = build_service(settings_from_args(args))
+    settings = settings_from_args(args)
+    service = build_service(settings)
     area = Area(_world_name(args.world, service), args.bbox, *args.zoom)
     try:
-        painted = prefetch(service, area, args.chunk, args.dry_run, args.quiet)
+        service.store.reclaim()  # files orphaned by an earlier run that was killed
+        if args.ray:
+            painted = prefetch_on_ray(service, settings, area, args.ray, args.chunk, args.dry_run, args.quiet)
+        else:
+            painted = prefetch(service, area, args.chunk, args.dry_run, args.quiet)
     finally:
         service.store.close()
     log.info("painted %d metatiles", painted)
@@ -152,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP server")
     serve.add_argument("--host", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: 8000)")
+    serve.add_argument("--workers", type=int, help="server processes on the port, each with its own model (default: 1)")
     _server_options(serve, define_worlds=True)
     serve.set_defaults(func=cmd_serve)
 
@@ -161,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("--zoom", type=_zoom_range, required=True, help="zoom range, e.g. 0-10")
     prefetch.add_argument("--chunk", type=int, default=64, help="tiles per plan (default: 64)")
     prefetch.add_argument("--dry-run", action="store_true", help="count what would be painted, paint nothing")
+    prefetch.add_argument("--ray", metavar="ADDRESS", help="paint on a Ray cluster: its address, or 'auto' (the "
+                          "running cluster, else a local one); needs a shared --store across machines")
     _server_options(prefetch)
     prefetch.set_defaults(func=cmd_prefetch)
 
@@ -200,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, StorageError) as error:
         parser.exit(2, f"tileserver: error: {error}\n")
 
 

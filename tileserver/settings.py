@@ -24,6 +24,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     cache_dir: Path = Path("tile-cache")
+    store: str | None = None  # postgresql://USER@HOST:PORT/DB: a shared store, used instead of cache_dir
+    workers: int = 1  # server processes (`serve`), each with its own model, on one port
     worlds: tuple[str, ...] = DEFAULT_WORLDS
     device: str = "cpu"
     weights: Path = DEFAULT_WEIGHTS
@@ -47,6 +49,10 @@ class Settings:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.store is not None and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"store must be a postgresql://USER@HOST:PORT/DB URL, got {self.store!r}")
 
     def updated(self, **changes) -> Settings:
         """A copy with the non-None changes applied."""
@@ -66,9 +72,20 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {error}") from None
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The `TILESERVER_*` variables that `from_env` reads back into these settings (for worker processes)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "extra" or value is None:
+                continue
+            env[ENV_PREFIX + f.name.upper()] = ";".join(value) if f.name == "worlds" else str(value)
+        return env
+
 
 def _convert(name: str, raw: str):
-    if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads"):
+    if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads",
+                "workers"):
         return int(raw)
     if name in ("cache_dir", "weights"):
         return Path(raw)

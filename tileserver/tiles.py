@@ -1,31 +1,43 @@
 """The tile data path: cache, plan of missing ancestors, batch, model, encode, store.
 
 `TileService` is synchronous and thread-safe; the HTTP layer calls it from a worker thread and
-the CLI calls it directly. Painting is serialised by one lock (the model already uses every
-core); before a batch is painted the store is checked again, so concurrent callers, threads or
-processes never paint the same metatile twice in sequence.
+the CLI calls it directly. Every metatile is claimed in the store before it is painted and looked
+up again once claimed, so concurrent painters (threads, processes, or machines sharing a store)
+paint it once; a metatile claimed by another painter is waited for. Model calls are serialised
+by one lock (the model already uses every core).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import mercantile
 import numpy as np
 
-from cache.store import TileStore, tile_key
+from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
 from cascade.pyramid import children_of, plan_metatiles
 from tileserver.encode import decode, encode
 from tileserver.worlds import World
 
+log = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[int, int], None]
+CLAIM_POLL_SECONDS = (0.02, 0.25)  # first and longest pause while another painter holds a metatile
+PLAN_ATTEMPTS = 3  # plans in one `ensure`, when stored tiles vanish or fail their checksum meanwhile
 
 
 class TileOutOfRange(LookupError):
     """The tile does not exist in the served pyramid."""
+
+
+class TileVanished(KeyError):
+    """A tile that the plan counted on is no longer in the store (deleted or damaged)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +68,7 @@ class TileService:
         self.worlds, self.store, self.painter, self.zooms = worlds, store, painter, zooms
         self.max_batch = max_batch
         self.paint_calls = 0  # model batches run, for tests and stats
-        self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
 
     @property
     def revision(self) -> str:
@@ -83,39 +95,82 @@ class TileService:
     def tile(self, world_name: str, z: int, x: int, y: int) -> bytes:
         """The PNG of one tile, painting it and any missing ancestors first."""
         data = self.cached(world_name, z, x, y)
-        if data is None:
+        for _ in range(PLAN_ATTEMPTS):
+            if data is not None:
+                return data
             self.ensure(world_name, [mercantile.Tile(x, y, z)])
-            data = self.store.load(self.key(self.worlds[world_name], mercantile.Tile(x, y, z)))
-        return data
+            data = self.cached(world_name, z, x, y)
+        raise StorageError(f"tile {z}/{x}/{y} of {world_name!r} vanished from the store right after it was painted")
 
     def ensure(
         self, world_name: str, tiles: Iterable[mercantile.Tile], progress: ProgressCallback | None = None
     ) -> int:
-        """Make sure every tile in `tiles` is stored. Returns the number of metatiles painted.
+        """Make sure every tile in `tiles` is stored. Returns the number of metatiles this call painted.
 
-        `progress(done, total)` is called after each batch with metatile counts.
+        `progress(done, total)` is called as metatiles of the plan get stored, by this painter or
+        another. A tile the plan counted on that vanishes meanwhile (deleted, or damaged and
+        removed) is planned again and repainted.
         """
         world = self.worlds[world_name]
         tiles = list(tiles)
-        with self._lock:
-            for t in tiles:
-                if t.z <= world.root.root_zoom:
-                    self._root_pixels(world, t)
-            have = lambda t: self.store.contains(self.key(world, t))  # noqa: E731
-            levels = plan_metatiles(tiles, have, world.root.root_zoom)
-            total, done = sum(len(level) for level in levels), 0
-            fresh: dict[mercantile.Tile, np.ndarray] = {}
-            for level in levels:
-                for start in range(0, len(level), self.max_batch):
-                    batch = [p for p in level[start : start + self.max_batch] if not all(map(have, children_of(p)))]
-                    if batch:
-                        self._paint(world, batch, fresh)
-                    done += len(level[start : start + self.max_batch])
-                    if progress:
-                        progress(done, total)
-                # Only the level just painted can be a parent of the next one.
-                fresh = {t: px for t, px in fresh.items() if t.z == level[0].z + 1}
-            return total
+        for _ in range(PLAN_ATTEMPTS):
+            try:
+                return self._ensure(world, tiles, progress)
+            except TileVanished as gone:
+                log.warning("%s: planning again", gone.args[0])
+        raise StorageError(f"tiles of {world_name!r} keep vanishing from the store as they are painted")
+
+    def _ensure(self, world: World, tiles: list[mercantile.Tile], progress: ProgressCallback | None) -> int:
+        for t in tiles:
+            if t.z <= world.root.root_zoom:
+                self._root_pixels(world, t)
+        levels = plan_metatiles(tiles, lambda t: self.store.contains(self.key(world, t)), world.root.root_zoom)
+        total, done, painted = sum(len(level) for level in levels), 0, 0
+        fresh: dict[mercantile.Tile, np.ndarray] = {}  # pixels painted here, to skip decoding them again
+        for level in levels:
+            waiting, pause = list(level), CLAIM_POLL_SECONDS[0]
+            while waiting:
+                batch = self._claim(world, waiting)
+                if batch:
+                    try:
+                        # Look again under the claim: another painter may have stored it since the plan.
+                        todo = [p for p in batch if not self._stored(world, p)]
+                        if todo:
+                            self._paint(world, todo, fresh)
+                            painted += len(todo)
+                    finally:
+                        for p in batch:
+                            self.store.release(self._claim_name(world, p))
+                    left = [p for p in waiting if p not in batch]
+                else:
+                    # Every waiting metatile is being painted elsewhere: wait for it to be stored.
+                    time.sleep(pause)
+                    pause = min(2 * pause, CLAIM_POLL_SECONDS[1])
+                    left = [p for p in waiting if not self._stored(world, p)]
+                done += len(waiting) - len(left)
+                waiting = left
+                if progress:
+                    progress(done, total)
+            # Only the level just painted can be a parent of the next one.
+            fresh = {t: px for t, px in fresh.items() if t.z == level[0].z + 1}
+        return painted
+
+    def _claim(self, world: World, parents: list[mercantile.Tile]) -> list[mercantile.Tile]:
+        """Up to `max_batch` of `parents` whose metatiles this painter could claim."""
+        claimed: list[mercantile.Tile] = []
+        for p in parents:
+            if len(claimed) == self.max_batch:
+                break
+            if self.store.try_claim(self._claim_name(world, p)):
+                claimed.append(p)
+        return claimed
+
+    def _claim_name(self, world: World, parent: mercantile.Tile) -> str:
+        return f"{world.key}/{self.revision}/metatile/{parent.z}/{parent.x}/{parent.y}"
+
+    def _stored(self, world: World, parent: mercantile.Tile) -> bool:
+        """Whether all four tiles of the metatile of `parent` are stored."""
+        return all(self.store.contains(self.key(world, t)) for t in children_of(parent))
 
     def world_pixels(self, world_name: str, tile: mercantile.Tile) -> np.ndarray:
         """Pixels of a tile that exists: from the root, or decoded from the store (KeyError if not painted)."""
@@ -124,16 +179,20 @@ class TileService:
             return self._root_pixels(world, tile)
         data = self.store.load(self.key(world, tile))
         if data is None:
-            raise KeyError(f"tile {tile} of {world_name!r} is not painted yet")
+            raise TileVanished(f"tile {tile.z}/{tile.x}/{tile.y} of {world_name!r} is not in the store")
         return decode(data)
 
     def _paint(self, world: World, parents: list[mercantile.Tile], fresh: dict) -> None:
         def parent_pixels(t: mercantile.Tile) -> np.ndarray:
             return fresh[t] if t in fresh else self.world_pixels(world.name, t)
 
-        painted = self.painter.paint(world.seed, parents, parent_pixels)
-        self.paint_calls += 1
+        with self._model_lock:
+            painted = self.painter.paint(world.seed, parents, parent_pixels)
+            self.paint_calls += 1
+        # One transaction: each metatile's four tiles appear together or not at all.
         self.store.store_many({self.key(world, t): encode(px) for t, px in painted.items()})
+        log.info("painted %d metatile(s) of %s, children of %s", len(parents), world.name,
+                 " ".join(f"{p.z}/{p.x}/{p.y}" for p in parents))
         fresh.update(painted)
 
     def _root_pixels(self, world: World, tile: mercantile.Tile) -> np.ndarray:
@@ -142,5 +201,6 @@ class TileService:
         if data is not None:
             return decode(data)
         pixels = world.root.render_tile(tile.z, tile.x, tile.y)
-        self.store.store(key, encode(pixels))
+        with contextlib.suppress(StorageError):  # a read-only store still serves the root's pixels
+            self.store.store(key, encode(pixels))
         return pixels
