@@ -83,9 +83,9 @@ def tiny_service(cache_dir, model: CascadeDenoiser, maxzoom: int) -> TileService
 
 
 @contextlib.contextmanager
-def app_client(service: TileService, maxzoom: int):
-    """A TestClient (lifespan running) for the app around `service`."""
-    with TestClient(create_app(Settings(maxzoom=maxzoom), service=service)) as client:
+def app_client(service: TileService, maxzoom: int, **settings):
+    """A TestClient (lifespan running) for the app around `service`; `settings` override the defaults."""
+    with TestClient(create_app(Settings(maxzoom=maxzoom, **settings), service=service)) as client:
         yield client
 
 

@@ -36,10 +36,11 @@ def png_pixels(response) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def healing(tmp_path_factory, tiny_model):
-    """A server whose cache the tests damage; the first request paints the reference tile."""
+    """A server whose cache the tests damage; the first request paints the reference tile. It keeps
+    no tiles in memory, so every request reads the damaged store."""
     cache = tmp_path_factory.mktemp("healing") / "cache"
     service = tiny_service(cache, tiny_model, MAXZOOM)
-    with app_client(service, MAXZOOM) as client:
+    with app_client(service, MAXZOOM, hot_tiles_mb=0) as client:
         reference = client.get(TILE)
         png_pixels(reference)
         yield client, service, cache, reference.content

@@ -1,7 +1,8 @@
 """The HTTP application: routes, lifespan, errors and HTTP caching.
 
-Request path for a tile: parse → stored? serve it : queue the tile, the queue plans the missing
-ancestors and paints them in batches → encode → respond with a strong ETag.
+Request path for a tile: in memory (hot)? serve it before routing : parse → stored? serve it : queue
+the tile, the queue plans the missing ancestors and paints them in batches → encode → respond with a
+strong ETag, and keep the tile hot.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
-from tileserver import clients
+from tileserver import clients, metrics
 from tileserver.batching import PaintQueue
 from tileserver.encode import MEDIA_TYPES, decode, encode
+from tileserver.hot import HotTile, HotTileMiddleware, HotTiles
 from tileserver.settings import Settings
 from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
@@ -138,11 +141,18 @@ async def tile_endpoint(request: Request) -> Response:
         body = service.cached(req.world, req.z, req.x, req.y)  # fast path: one local key lookup
     else:
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
+    (metrics.TILE_CACHE_HITS if body is not None else metrics.TILE_CACHE_MISSES).inc()
     # A tile can vanish between painting and reading (cache deleted, value damaged): paint again.
     for _ in range(PAINT_ATTEMPTS):
         if body is not None:
-            return _tile_response(request, body, MEDIA_TYPES[req.fmt])
-        await request.app.state.queue.need(req.world, needed)
+            tile = HotTile(body, MEDIA_TYPES[req.fmt], _entity_tag(body))
+            request.app.state.hot_tiles.put(request.scope["path"], tile)
+            return _tile_response(request, tile)
+        metrics.QUEUE_DEPTH.inc()
+        try:
+            await request.app.state.queue.need(req.world, needed)
+        finally:
+            metrics.QUEUE_DEPTH.dec()
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
     raise StorageError("the tile was painted but could not be read back from the store")
 
@@ -178,14 +188,21 @@ def _mosaic(base: mercantile.Tile, children: list[mercantile.Tile], pixels: list
     return out
 
 
-def _tile_response(request: Request, body: bytes, media_type: str) -> Response:
+def _tile_response(request: Request, tile: HotTile) -> Response:
     """Tiles are deterministic: a strong ETag from the bytes is the same on every worker and restart.
     URLs that carry the current model revision never change meaning, so caches may keep them forever."""
     settings: Settings = request.app.state.settings
     versioned = request.query_params.get("v") == _service(request).revision
     max_age = settings.tile_max_age if versioned else settings.unversioned_max_age
     cache_control = f"public, max-age={max_age}" + (", immutable" if versioned else "")
-    return _conditional(request, body, media_type, {"Cache-Control": cache_control})
+    return _conditional(request, tile.body, tile.media_type, {"Cache-Control": cache_control}, tile.etag)
+
+
+def _hot_tile_response(scope: Scope, tile: HotTile) -> Response:
+    """The response to a tile in memory: the tile endpoint's, counted as a cache hit."""
+    scope["endpoint"] = tile_endpoint  # routed there, for error pages and request metrics
+    metrics.TILE_CACHE_HITS.inc()
+    return _tile_response(Request(scope), tile)
 
 
 def _document_response(request: Request, body: str | bytes, media_type: str) -> Response:
@@ -196,8 +213,14 @@ def _document_response(request: Request, body: str | bytes, media_type: str) -> 
     return _conditional(request, body, media_type, headers)
 
 
-def _conditional(request: Request, body: bytes, media_type: str, headers: dict[str, str]) -> Response:
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def _entity_tag(body: bytes) -> str:
+    return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def _conditional(
+    request: Request, body: bytes, media_type: str, headers: dict[str, str], etag: str | None = None
+) -> Response:
+    etag = etag or _entity_tag(body)
     headers = {"ETag": etag, **headers}
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
@@ -301,6 +324,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
         Route("/maplibre", maplibre_view, name="maplibre_view"),
         Route("/health", health, name="health"),
         Route("/worlds", worlds, name="worlds"),
+        Route("/metrics", metrics.metrics_endpoint, name="metrics"),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor/leaflet", StaticFiles(directory=clients.LEAFLET_DIR), name="leaflet"),
         Mount("/vendor/maplibre", StaticFiles(directory=clients.MAPLIBRE_DIR), name="maplibre"),
@@ -308,7 +332,10 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
         Route("/{world}/WMTSCapabilities.xml", wmts_capabilities, name="wmts"),
         Route("/{world}/{z}/{x}/{tile}", tile_endpoint, name="tile"),
     ]
+    route_names = {route.endpoint if isinstance(route, Route) else route.app: route.name for route in routes}
+    hot_tiles = HotTiles(settings.hot_tiles_mb * 2**20)
     middleware = [
+        Middleware(metrics.RequestMetrics, route_names=route_names),
         Middleware(
             CORSMiddleware,
             allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],
@@ -316,7 +343,10 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
             allow_headers=["*"],
             expose_headers=["ETag", "Cache-Control", "Content-Length"],
             max_age=86400,
-        )
+        ),
+        Middleware(HotTileMiddleware, tiles=hot_tiles, respond=_hot_tile_response),
     ]
     handlers = {exc: error_response for exc in (*ERROR_STATUS, HTTPException)}
-    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=handlers, lifespan=lifespan)
+    app.state.hot_tiles = hot_tiles
+    return app

@@ -91,14 +91,17 @@ def _world_name(text: str, service) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from tileserver import metrics
+
     settings = settings_from_args(args)
     # Each worker process builds its own app (model, store connection) from these variables.
     os.environ.update(settings.to_env())
     log.info("serving %s on http://%s:%d with %d worker(s), store %s", ", ".join(settings.worlds), settings.host,
              settings.port, settings.workers, settings.store or settings.cache_dir)
-    uvicorn.run("tileserver.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=settings.workers, log_config=_log_config(logging.getLogger().level), proxy_headers=True,
-                timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
+    with metrics.multiprocess_dir(settings.workers):  # where the workers' metrics meet
+        uvicorn.run("tileserver.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, log_config=_log_config(logging.getLogger().level), proxy_headers=True,
+                    access_log=args.access_log, timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
     return 0
 
 
@@ -181,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: 8000)")
     serve.add_argument("--workers", type=int, help="server processes on the port, each with its own model (default: 1)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (off by default: it costs a cached tile a good part of its time; "
+                       "/metrics counts requests by route and status)")
     _server_options(serve, define_worlds=True)
     serve.set_defaults(func=cmd_serve)
 

@@ -38,6 +38,7 @@ class Settings:
     cors_origin: str = "*"
     tile_max_age: int = 31_536_000  # seconds, for URLs that carry the model revision
     unversioned_max_age: int = 3600
+    hot_tiles_mb: int = 64  # recently served tiles kept in memory by each worker process; 0 turns it off
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -49,6 +50,8 @@ class Settings:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.hot_tiles_mb < 0:
+            raise ValueError(f"hot_tiles_mb must be at least 0, got {self.hot_tiles_mb}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.store is not None and not self.store.startswith(("postgresql://", "postgres://")):
@@ -85,7 +88,7 @@ class Settings:
 
 def _convert(name: str, raw: str):
     if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads",
-                "workers"):
+                "workers", "hot_tiles_mb"):
         return int(raw)
     if name in ("cache_dir", "weights"):
         return Path(raw)

@@ -22,6 +22,7 @@ import numpy as np
 from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
 from cascade.pyramid import children_of, plan_metatiles
+from tileserver import metrics
 from tileserver.encode import decode, encode
 from tileserver.worlds import World
 
@@ -186,11 +187,19 @@ class TileService:
         def parent_pixels(t: mercantile.Tile) -> np.ndarray:
             return fresh[t] if t in fresh else self.world_pixels(world.name, t)
 
-        with self._model_lock:
-            painted = self.painter.paint(world.seed, parents, parent_pixels)
-            self.paint_calls += 1
-        # One transaction: each metatile's four tiles appear together or not at all.
-        self.store.store_many({self.key(world, t): encode(px) for t, px in painted.items()})
+        metrics.METATILES_IN_FLIGHT.inc(len(parents))
+        try:
+            with self._model_lock:
+                started = time.perf_counter()
+                painted = self.painter.paint(world.seed, parents, parent_pixels)
+                metrics.PAINT_SECONDS.observe(time.perf_counter() - started)
+                self.paint_calls += 1
+            metrics.MODEL_BATCHES.inc()
+            metrics.METATILES_PAINTED.inc(len(parents))
+            # One transaction: each metatile's four tiles appear together or not at all.
+            self.store.store_many({self.key(world, t): encode(px) for t, px in painted.items()})
+        finally:
+            metrics.METATILES_IN_FLIGHT.dec(len(parents))
         log.info("painted %d metatile(s) of %s, children of %s", len(parents), world.name,
                  " ".join(f"{p.z}/{p.x}/{p.y}" for p in parents))
         fresh.update(painted)
