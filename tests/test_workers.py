@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client import multiprocess
+from prometheus_client.parser import text_string_to_metric_families
 
 from tileserver.settings import Settings
 
@@ -109,6 +111,53 @@ def test_each_metatile_is_painted_once_across_processes(servers):
         assert {server.url + p: httpx.get(server.url + p).content for p in TILES} == {
             server.url + p: next(iter(bodies[p])) for p in TILES}
     assert sorted(a.painted() + b.painted()) == ["1/0/0", "1/1/1"]
+
+
+def _worker_metrics_dir(server: ServeProcess) -> Path:
+    """The PROMETHEUS_MULTIPROC_DIR that `serve` gave its worker processes (from their environment)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == server.process.pid:
+                environ = dict(item.split("=", 1) for item in (stat.parent / "environ").read_text().split("\0") if "=" in item)
+                if "PROMETHEUS_MULTIPROC_DIR" in environ:
+                    return Path(environ["PROMETHEUS_MULTIPROC_DIR"])
+    raise AssertionError("no worker process with PROMETHEUS_MULTIPROC_DIR")
+
+
+def _tile_requests(server: ServeProcess) -> tuple[float, float]:
+    """(tile requests answered 200, tile cache hits), as /metrics reports them."""
+    text = httpx.get(server.url + "/metrics").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    return (samples.get(("tileserver_requests_total", (("route", "tile"), ("status", "200"))), 0.0),
+            samples.get(("tileserver_tile_cache_hits_total", ()), 0.0))
+
+
+def _tile_requests_per_worker(directory: Path) -> list[float]:
+    """Tile requests answered 200 by each worker process, from its own file."""
+    counts = []
+    for path in directory.glob("counter_*.db"):
+        samples = [s for m in multiprocess.MultiProcessCollector.merge([str(path)]) for s in m.samples
+                   if s.name == "tileserver_requests_total" and s.labels == {"route": "tile", "status": "200"}]
+        counts.append(sum(s.value for s in samples))
+    return counts
+
+
+def test_metrics_add_up_over_the_worker_processes(servers):
+    a, _ = servers
+    directory = _worker_metrics_dir(a)
+    assert httpx.get(a.url + TILES[0], timeout=300).status_code == 200  # painted: every request below is a hit
+    before, sent = _tile_requests(a), 0
+    # New connections until both workers have answered some (the kernel picks the worker).
+    with ThreadPoolExecutor(8) as pool:
+        while sent < 40 or sum(count > 0 for count in _tile_requests_per_worker(directory)) < 2:
+            assert sent < 2000, "one worker answered every request"
+            assert all(r.status_code == 200 for r in pool.map(lambda _: httpx.get(a.url + TILES[0]), range(20)))
+            sent += 20
+    # Every scrape, whichever worker answers it, counts the requests of both.
+    for _ in range(5):
+        requests, hits = _tile_requests(a)
+        assert (requests - before[0], hits - before[1]) == (sent, sent)
 
 
 def test_health_of_every_worker_reports_the_store(servers):
