@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: serve test install system-deps bench clean
+.PHONY: serve test install system-deps bench bench-serve clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,9 @@ test: install system-deps
 
 bench: install
 	$(PY) bench/speed.py
+
+bench-serve: install  # needs nginx and wrk (apt-get install nginx wrk)
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
