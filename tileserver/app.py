@@ -6,6 +6,7 @@ ancestors and paints them in batches → encode → respond with a strong ETag.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DOCUMENT_MAX_AGE = 300  # seconds for TileJSON, capabilities and the world list
 PAINT_ATTEMPTS = 3  # paints of one request whose tile vanishes from the store before it is read
+CLIENT_CLOSED = 499  # status logged for a request whose client left before its tile was painted
+ACCESS_LOG = logging.getLogger("uvicorn.access")  # the server's request log, in its format
 
 
 class BadRequest(ValueError):
@@ -142,9 +145,44 @@ async def tile_endpoint(request: Request) -> Response:
     for _ in range(PAINT_ATTEMPTS):
         if body is not None:
             return _tile_response(request, body, MEDIA_TYPES[req.fmt])
-        await request.app.state.queue.need(req.world, needed)
+        if not await _painted_while_connected(request, req.world, needed):
+            return _client_closed(request)
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
     raise StorageError("the tile was painted but could not be read back from the store")
+
+
+async def _painted_while_connected(request: Request, world: str, tiles: list[mercantile.Tile]) -> bool:
+    """Wait for the paint queue to store `tiles`. False if the client disconnects first: its wait is
+    withdrawn, so the queue drops the work nobody else waits for."""
+    painting = asyncio.ensure_future(request.app.state.queue.need(world, tiles))
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((painting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (painting, gone):
+            task.cancel()
+        await asyncio.gather(painting, gone, return_exceptions=True)
+    if painting.cancelled():
+        return False
+    painting.result()  # the queue's error, if painting failed
+    return True
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client closes the connection (ASGI `http.disconnect`); a GET has no body to read."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _client_closed(request: Request) -> Response:
+    """The client left while its tile waited: nobody reads this answer, and the server logs no line for
+    an answer it cannot send, so log it here as 499 ("client closed request", as nginx does)."""
+    client = request.scope.get("client")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    ACCESS_LOG.info('%s - "%s %s HTTP/%s" %d', f"{client[0]}:{client[1]}" if client else "-", request.method,
+                    request.scope["path"] + (f"?{query}" if query else ""), request.scope.get("http_version", "1.1"),
+                    CLIENT_CLOSED)
+    return Response(status_code=CLIENT_CLOSED)
 
 
 def _stored_encoding(service: TileService, req: TileRequest) -> bytes | None:
@@ -214,9 +252,14 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 async def health(request: Request) -> Response:
     service = _service(request)
     store = service.store.health()
-    return JSONResponse(
-        {"status": store["status"], "model_revision": service.revision, "worlds": sorted(service.worlds), "store": store}
-    )
+    return JSONResponse({
+        "status": store["status"],
+        "model_revision": service.revision,
+        "worlds": sorted(service.worlds),
+        "queue_depth": request.app.state.queue.depth,
+        "metatiles_in_flight": service.metatiles_in_flight,
+        "store": store,
+    })
 
 
 async def worlds(request: Request) -> Response:
