@@ -35,6 +35,7 @@ from cascade.painter import MetatilePainter
 from tileserver import clients
 from tileserver.batching import PaintQueue
 from tileserver.encode import MEDIA_TYPES, decode, encode
+from tileserver.json_errors import JSONErrors, is_tile_path
 from tileserver.settings import Settings
 from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
@@ -67,14 +68,22 @@ class TileRequest:
 
 
 def build_service(settings: Settings) -> TileService:
-    """Open the store, load the weights and parse the worlds named in `settings`."""
+    """Open the store, load the weights and parse the worlds named in `settings`.
+
+    Whatever would fail later fails here, as a ValueError naming the cause: a device this machine
+    lacks, damaged weights, a world spec or root image that cannot be read (every root is decoded now).
+    """
+    _check_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    worlds = parse_worlds(settings.worlds)
+    for world in worlds.values():
+        world.root.load()
     painter = MetatilePainter.from_pretrained(
         settings.weights, sampler=settings.sampler, steps=settings.steps, device=settings.device
     )
     return TileService(
-        worlds=parse_worlds(settings.worlds),
+        worlds=worlds,
         store=TileStore(settings.store or settings.cache_dir),
         painter=painter,
         zooms=ZoomRange(settings.minzoom, settings.maxzoom),
@@ -82,26 +91,36 @@ def build_service(settings: Settings) -> TileService:
     )
 
 
-_INTEGER = re.compile(r"-?[0-9]{1,10}")
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} can use")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
-def _integer(text: str) -> int | None:
-    return int(text) if _INTEGER.fullmatch(text) else None
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_CANONICAL = re.compile(r"0|-?[1-9][0-9]{0,9}")  # each tile has one URL: no '+', no leading zeros, no '-0'
 
 
 def parse_tile_request(world: str, z: str, x: str, name: str) -> TileRequest:
-    """Parse `{z}/{x}/{y}[@2x].{ext}`; non-integers and unknown extensions are BadRequest."""
+    """Parse `{z}/{x}/{y}[@2x].{ext}`. Non-integers and unknown extensions are BadRequest; integers
+    written otherwise than plainly (`00`, `+1`, `-0`) name no tile (TileOutOfRange), so no tile has aliases."""
     stem, dot, ext = name.rpartition(".")
     if not dot or ext.lower() not in MEDIA_TYPES:
         raise BadRequest(f"unknown tile format {name!r}: use .png, .jpg or .webp")
     scale = 1
     if stem.endswith("@2x"):
         stem, scale = stem[:-3], 2
-    zi, xi, yi = _integer(z), _integer(x), _integer(stem)
-    if zi is None or xi is None or yi is None:
+    coordinates = (z, x, stem)
+    if not all(_INTEGER.fullmatch(c) for c in coordinates):
         raise BadRequest(f"tile coordinates must be integers, got {z}/{x}/{stem}")
+    if not all(_CANONICAL.fullmatch(c) for c in coordinates):
+        raise TileOutOfRange(f"no tile is named {z}/{x}/{stem}: write coordinates without signs or leading zeros")
     fmt = "jpg" if ext.lower() == "jpeg" else ext.lower()
-    return TileRequest(world, zi, xi, yi, scale, fmt)
+    return TileRequest(world, int(z), int(x), int(stem), scale, fmt)
 
 
 def _scale(request: Request) -> int:
@@ -312,9 +331,7 @@ async def error_response(request: Request, exc: Exception) -> Response:
 
 def _is_tile_request(request: Request) -> bool:
     """Routed to the tile endpoint, or (unrouted) shaped like an image URL."""
-    if request.scope.get("endpoint") is tile_endpoint:
-        return True
-    return request.url.path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
+    return request.scope.get("endpoint") is tile_endpoint or is_tile_path(request.url.path)
 
 
 def create_app(settings: Settings | None = None, service: TileService | None = None) -> Starlette:
@@ -352,6 +369,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
         Route("/{world}/{z}/{x}/{tile}", tile_endpoint, name="tile"),
     ]
     middleware = [
+        Middleware(JSONErrors),  # outermost: it also sees the CORS middleware's refusals
         Middleware(
             CORSMiddleware,
             allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],
