@@ -29,13 +29,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
 from tileserver import clients
 from tileserver.batching import PaintQueue
 from tileserver.encode import MEDIA_TYPES, decode, encode
-from tileserver.json_errors import JSONErrors, is_tile_path
+from tileserver.json_errors import JSONErrors
 from tileserver.settings import Settings
 from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
@@ -324,14 +325,14 @@ async def error_response(request: Request, exc: Exception) -> Response:
         detail, headers = str(exc), None
         if isinstance(exc, StorageError):
             headers = {"Retry-After": str(exc.retry_after)}
-    if _is_tile_request(request):
+    if _is_tile_scope(request.scope):
         return PlainTextResponse(detail + "\n", status_code=status, headers=headers)
     return JSONResponse({"error": detail, "status": status}, status_code=status, headers=headers)
 
 
-def _is_tile_request(request: Request) -> bool:
+def _is_tile_scope(scope: Scope) -> bool:
     """Routed to the tile endpoint, or (unrouted) shaped like an image URL."""
-    return request.scope.get("endpoint") is tile_endpoint or is_tile_path(request.url.path)
+    return scope.get("endpoint") is tile_endpoint or scope["path"].rsplit(".", 1)[-1].lower() in MEDIA_TYPES
 
 
 def create_app(settings: Settings | None = None, service: TileService | None = None) -> Starlette:
@@ -369,7 +370,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
         Route("/{world}/{z}/{x}/{tile}", tile_endpoint, name="tile"),
     ]
     middleware = [
-        Middleware(JSONErrors),  # outermost: it also sees the CORS middleware's refusals
+        Middleware(JSONErrors, text_errors=_is_tile_scope),  # outermost: it sees the CORS middleware's refusals too
         Middleware(
             CORSMiddleware,
             allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],

@@ -3,38 +3,38 @@
 The app's error handler answers JSON `{"error", "status"}` everywhere but on tile URLs. A few
 errors never reach it: a refused CORS preflight (400, from `CORSMiddleware`) and a bad or
 unsatisfiable `Range` on the viewer's files (400 or 416, from `FileResponse`). This middleware,
-outside them all, rewrites those plain-text errors into the same JSON.
+outside them all, rewrites plain-text errors into the same JSON, except where text is meant.
 """
 
 from __future__ import annotations
 
 import http
 import json
+from collections.abc import Callable
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tileserver.encode import MEDIA_TYPES
-
-
-def is_tile_path(path: str) -> bool:
-    """Shaped like an image URL: errors there stay short text, what an image client shows."""
-    return path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
-
 
 class JSONErrors:
-    def __init__(self, app: ASGIApp):
+    """Args:
+        app: the app to wrap.
+        text_errors: whether a request's errors stay text (tile URLs); asked once the request is routed.
+    """
+
+    def __init__(self, app: ASGIApp, text_errors: Callable[[Scope], bool]):
         self.app = app
+        self.text_errors = text_errors
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_tile_path(scope["path"]):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start: Message | None = None  # a plain-text error's start, held until its body is complete
         body = b""
 
         async def send_json_errors(message: Message) -> None:
             nonlocal start, body
-            if message["type"] == "http.response.start" and _plain_text_error(message):
+            if message["type"] == "http.response.start" and _plain_text_error(message) and not self.text_errors(scope):
                 start = message
                 return
             if start is None or message["type"] != "http.response.body":
