@@ -34,13 +34,19 @@ TIMEOUT = 60
 
 
 class GatedPainter(MetatilePainter):
-    """Paints as usual, but each model batch first waits for `allow`; `batches` records (seed, zoom) of each."""
+    """Paints as usual, but each model batch first waits for `allow`; `batches` records (seed, zoom) of each.
+    Once `closed`, batches fail at once instead: the test is over and nobody waits for them."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.batches: list[tuple[int, int]] = []
         self.started = threading.Semaphore(0)
         self._gate = threading.Semaphore(0)
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.allow(1000)
 
     def allow(self, batches: int = 1) -> None:
         for _ in range(batches):
@@ -53,6 +59,8 @@ class GatedPainter(MetatilePainter):
         self.batches.append((seed, parents[0].z + 1))
         self.started.release()
         assert self._gate.acquire(timeout=TIMEOUT), "the test never let this batch through"
+        if self._closed:
+            raise RuntimeError("the test is over")
         return super().paint(seed, parents, parent_pixels)
 
 
@@ -65,7 +73,7 @@ def server(tmp_path, tiny_model):
     service = TileService(worlds, TileStore(tmp_path / "cache"), painter, ZoomRange(0, MAXZOOM), max_batch=1)
     live = LiveServer(create_app(Settings(maxzoom=MAXZOOM), service=service), service).start()
     yield live, painter
-    painter.allow(1000)  # let the batch in hand finish; the requests still open are closed by then
+    painter.close()  # the requests still open were closed by the tests
     until(lambda: get(live, "/health").json()["metatiles_in_flight"] == 0, "the painter to be idle")
     live.stop()
     service.store.close()
@@ -121,10 +129,8 @@ def test_requests_take_turns_batch_by_batch(server):
         until(lambda: queue_depth(live) == 2, "both requests to queue")
         painter.allow(2)
         assert cold.result(TIMEOUT).status_code == 200  # after one deep batch, not after all nine
-        assert painter.batches == [(DEEP_SEED, 2), (COLD_SEED, 2)] and painter.wait_started()
-        painter.allow(1)
-        assert painter.wait_started(), "the deep request, still waited for, got no next turn"
-        assert painter.batches[2] == (DEEP_SEED, 2)
+        assert painter.wait_started() and painter.wait_started(), "the deep request, still waited for, got no turn"
+        assert painter.batches == [(DEEP_SEED, 2), (COLD_SEED, 2), (DEEP_SEED, 2)]
 
 
 def test_stored_tiles_are_served_while_the_painter_is_busy(server):
