@@ -91,9 +91,12 @@ class MetatilePainter:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no model weights in {path} (expected config.json and safetensors)")
-        model = CascadeDenoiser.from_pretrained(str(path), low_cpu_mem_usage=False)
-        config = json.loads((path / "scheduler_config.json").read_text())
-        recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
+        try:
+            model = CascadeDenoiser.from_pretrained(str(path), low_cpu_mem_usage=False)
+            config = json.loads((path / "scheduler_config.json").read_text())
+            recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
+        except (OSError, ValueError, RuntimeError, KeyError) as error:  # damaged, truncated or foreign files
+            raise ValueError(f"cannot load the model weights in {path}: {error}") from error
         sampler = sampler or recommended.get("sampler", "dpmsolver++")
         steps = steps or recommended.get("steps", 4)
         return cls(model, config, sampler=sampler, steps=steps, **kwargs)

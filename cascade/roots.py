@@ -93,6 +93,10 @@ class Root(abc.ABC):
             ValueError: if ``z`` is outside ``0..root_zoom`` or (x, y) is outside the zoom's grid.
         """
 
+    def load(self) -> None:
+        """Prepare everything `render_tile` reads, now: a source that cannot be read fails here, at
+        start-up, instead of on the first request. Nothing to do for a root made from noise."""
+
     def _check_tile(self, z: int, x: int, y: int) -> None:
         """Raise ValueError unless (z, x, y) is a tile this root serves."""
         if not all(isinstance(v, (int, np.integer)) for v in (z, x, y)):
@@ -200,6 +204,10 @@ class ImageRoot(Root):
         lon, lat = tile_pixel_lonlat(z, x, y)
         return _sample_equirect(self._level_for_zoom(z), lon, lat)
 
+    def load(self) -> None:
+        """Decode the image and build its pyramid now; ValueError if the file is damaged or gone."""
+        self._pyramid()
+
     def _level_for_zoom(self, z: int) -> np.ndarray:
         """The coarsest pyramid level still at least as wide as the zoom's world (256 * 2**z)."""
         levels = self._pyramid()
@@ -222,8 +230,11 @@ class ImageRoot(Root):
         return levels
 
     def _build_pyramid(self) -> list[np.ndarray]:
-        with Image.open(self.path) as im:
-            level = im.convert("RGB")
+        try:
+            with Image.open(self.path) as im:
+                level = im.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as e:  # truncated, damaged, or deleted since opened
+            raise ValueError(f"cannot decode root image {str(self.path)!r}: {e}") from e
         levels = [np.ascontiguousarray(np.asarray(level, dtype=np.uint8))]
         # Stop before a level narrower than one tile: z=0 never needs anything coarser.
         while True:

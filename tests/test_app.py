@@ -48,6 +48,15 @@ def test_root_zoom_tile_is_the_root(client, small_root):
         ("/test/x/0/0.png", 400),
         ("/test/3/0/0.gif", 400),
         ("/test/3/0/0", 400),
+        ("/test/3/0/0.PNG8", 400),
+        # Integers written otherwise than plainly name no tile: no aliases of real tiles.
+        ("/test/00/0/0.png", 404),
+        ("/test/1/-0/0.png", 404),
+        ("/test/+1/0/0.png", 404),
+        ("/test/1/0/01.png", 404),
+        ("/test/1/0/-1.png", 404),
+        ("/test/1/0/0001@2x.png", 404),
+        ("/test/" + "9" * 5000 + "/0/0.png", 404),
     ],
 )
 def test_bad_input_gets_a_clear_status(client, path, status):
@@ -100,6 +109,44 @@ def test_tilejson_worlds_health_and_viewer(client, service):
     assert [w["name"] for w in worlds] == ["test"]
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model_revision"] == service.revision
+    assert health["queue_depth"] == 0 and health["metatiles_in_flight"] == 0
+    assert health["store"] == {"backend": "diskcache", "status": "ok"}
     page = client.get("/")
     assert page.status_code == 200 and "leaflet" in page.text.lower()
     assert client.get("/vendor/leaflet/leaflet.js").status_code == 200
+
+
+def test_cors_refusal_is_json_except_on_tile_urls(client):
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "DELETE"}
+    r = client.options("/worlds", headers=preflight)
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"error": "Disallowed CORS method", "status": 400}
+    assert int(r.headers["content-length"]) == len(r.content)
+    tile = client.options("/test/1/0/0.png", headers=preflight)
+    assert tile.status_code == 400 and tile.headers["content-type"].startswith("text/plain")
+    allowed = client.options("/worlds", headers={**preflight, "Access-Control-Request-Method": "GET"})
+    assert allowed.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/static/viewer.css", "/"])
+def test_range_errors_are_json(client, path):
+    size = len(client.get(path).content)
+    r = client.get(path, headers={"Range": f"bytes={size + 10}-"})
+    assert r.status_code == 416 and r.json() == {"error": "Requested Range Not Satisfiable", "status": 416}
+    assert r.headers["content-range"] == f"bytes */{size}"
+    r = client.get(path, headers={"Range": "bytes=9-2"})
+    assert r.status_code == 400 and r.json()["status"] == 400 and "range" in r.json()["error"].lower()
+    assert client.get(path, headers={"Range": "bytes=0-9"}).status_code == 206
+
+
+def test_world_names_cannot_shadow_the_servers_own_paths(client):
+    from starlette.routing import Mount, Route
+
+    from tileserver.worlds import RESERVED_NAMES, parse_world
+
+    own = {r.path.split("/")[1] for r in client.app.routes if isinstance(r, (Route, Mount))}
+    own = {segment for segment in own if segment and not segment.startswith("{")}
+    assert own <= RESERVED_NAMES
+    for name in sorted(own):
+        with pytest.raises(ValueError, match=name):
+            parse_world(f"{name}=procedural:1")

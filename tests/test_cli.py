@@ -1,8 +1,12 @@
 """The command line: one-shot tiles, resumable top-down prefetch, clear errors, settings from the environment."""
 
 import io
+import shutil
+import socket
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cascade.painter import MetatilePainter
@@ -55,7 +59,7 @@ def test_prefetch_rejects_bad_arguments(bad, capsys):
 
 
 def test_bad_world_spec_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):
         main(["tile", "w=mars", "1", "0", "0", "-o", str(tmp_path / "x.png"), "--cache-dir", str(tmp_path / "c")])
     assert "mars" in capsys.readouterr().err
 
@@ -89,3 +93,109 @@ def test_store_flag_and_environment(monkeypatch):
     assert settings_from_args(args).store == "postgresql://u@h:5432/flag"
     with pytest.raises(ValueError, match="postgresql://"):
         Settings(store="mysql://x")
+
+
+# ---------------------------------------------------------------- start-up errors: one line, exit code 2
+
+
+@pytest.fixture
+def no_server(monkeypatch):
+    """`serve` must fail before the server starts; should it get that far, fail the test instead of serving."""
+    import uvicorn
+
+    def started(*args, **kwargs):
+        raise AssertionError("the server started despite a bad start-up setting")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+
+
+def fails_in_one_line(argv, capsys, *expected: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def damaged_weights(weights, tmp_path):
+    path = tmp_path / "damaged"
+    shutil.copytree(weights, path)
+    safetensors = path / "diffusion_pytorch_model.safetensors"
+    safetensors.write_bytes(safetensors.read_bytes()[:3000])  # truncated
+    return path
+
+
+@pytest.fixture
+def truncated_root(tmp_path):
+    path = tmp_path / "atlas.png"
+    image = np.random.default_rng(1).integers(0, 256, (256, 512, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path)
+    path.write_bytes(path.read_bytes()[:20000])
+    return path
+
+
+def test_serve_start_up_errors_are_one_line(tmp_path, weights, damaged_weights, truncated_root, busy_port, capsys,
+                                            no_server):
+    serve = ["serve", "--cache-dir", str(tmp_path / "c"), "--port", "0", "--weights", str(weights)]
+    fails_in_one_line([*serve, "--world", "x=mars"], capsys, "mars")
+    fails_in_one_line([*serve, "--world", "static=procedural:1"], capsys, "static")
+    fails_in_one_line([*serve, "--world", "health=procedural:1"], capsys, "health")
+    fails_in_one_line([*serve, "--world", f"atlas=image:{truncated_root}"], capsys, str(truncated_root))
+    fails_in_one_line([*serve, "--world", f"atlas=image:{tmp_path / 'deleted.png'}"], capsys, "deleted.png")
+    fails_in_one_line([*serve, "--world", "w=procedural:1", "--weights", str(damaged_weights)], capsys,
+                      "cannot load the model weights", str(damaged_weights))
+    fails_in_one_line([*serve, "--world", "w=procedural:1", "--weights", str(truncated_root)], capsys,
+                      "no model weights")
+    fails_in_one_line([*serve, "--port", "99999"], capsys, "port", "99999")
+    fails_in_one_line([*serve, "--port", str(busy_port)], capsys, f"cannot listen on 127.0.0.1:{busy_port}")
+    if not torch.cuda.is_available():
+        fails_in_one_line([*serve, "--world", "w=procedural:1", "--device", "cuda"], capsys, "cuda", "no CUDA GPU")
+
+
+@pytest.mark.parametrize("variable,value,expected", [
+    ("TILESERVER_WORLDS", "", "no world to serve"),
+    ("TILESERVER_WORLDS", " ; ", "no world to serve"),
+    ("TILESERVER_UNVERSIONED_MAX_AGE", "-1", "max-age must not be negative"),
+    ("TILESERVER_TILE_MAX_AGE", "-5", "max-age must not be negative"),
+])
+def test_bad_environment_is_one_line(variable, value, expected, monkeypatch, capsys, no_server):
+    monkeypatch.setenv(variable, value)
+    fails_in_one_line(["serve", "--port", "0"], capsys, variable, expected)
+
+
+def test_tile_outside_the_pyramid_is_one_line(tmp_path, weights, capsys):
+    tile = ["tile", "w=procedural:5", "--cache-dir", str(tmp_path / "c"), "--weights", str(weights), "-o",
+            str(tmp_path / "x.png")]
+    fails_in_one_line([*tile[:2], "30", "0", "0", *tile[2:]], capsys, "no tile 30/0/0", "zoom 30")
+    fails_in_one_line([*tile[:2], "3", "8", "0", *tile[2:]], capsys, "no tile 3/8/0")
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("form", [["--bbox", "-123,37,-122,38"], ["--bbox=-123,37,-122,38"]])
+def test_negative_bbox_is_a_value_not_an_option(form, tmp_path):
+    from tileserver.cli import _negative_values_attached, build_parser
+
+    for command in (["prefetch", "--world", "earth", "--zoom", "5-6"],
+                    ["export", "--world", "earth", "--zoom", "5-6", "-o", "sf.mbtiles"]):
+        args = build_parser().parse_args(_negative_values_attached([*command, *form]))
+        assert args.bbox == (-123.0, 37.0, -122.0, 38.0)
+    args = build_parser().parse_args(_negative_values_attached(["prefetch", "--world", "earth", "--zoom", "5",
+                                                                "--bbox", "-10.5,-20,-5,-1"]))
+    assert args.bbox == (-10.5, -20.0, -5.0, -1.0)
+
+
+def test_prefetch_with_a_western_bbox_runs(tmp_path, weights):
+    assert main(["-q", "prefetch", "--world", "w=procedural:5", "--bbox", "-123,37,-122,38", "--zoom", "3-4",
+                 "--dry-run", "--cache-dir", str(tmp_path / "c"), "--weights", str(weights)]) == 0

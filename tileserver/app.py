@@ -7,6 +7,7 @@ strong ETag, and keep the tile hot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -37,6 +38,7 @@ from tileserver import clients, metrics
 from tileserver.batching import PaintQueue
 from tileserver.encode import MEDIA_TYPES, decode, encode
 from tileserver.hot import HotTile, HotTileMiddleware, HotTiles
+from tileserver.json_errors import JSONErrors
 from tileserver.settings import Settings
 from tileserver.tiles import TileOutOfRange, TileService, ZoomRange
 from tileserver.worlds import parse_worlds
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DOCUMENT_MAX_AGE = 300  # seconds for TileJSON, capabilities and the world list
 PAINT_ATTEMPTS = 3  # paints of one request whose tile vanishes from the store before it is read
+CLIENT_CLOSED = 499  # status logged for a request whose client left before its tile was painted
+ACCESS_LOG = logging.getLogger("uvicorn.access")  # the server's request log, in its format
 
 
 class BadRequest(ValueError):
@@ -67,14 +71,22 @@ class TileRequest:
 
 
 def build_service(settings: Settings) -> TileService:
-    """Open the store, load the weights and parse the worlds named in `settings`."""
+    """Open the store, load the weights and parse the worlds named in `settings`.
+
+    Whatever would fail later fails here, as a ValueError naming the cause: a device this machine
+    lacks, damaged weights, a world spec or root image that cannot be read (every root is decoded now).
+    """
+    _check_device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    worlds = parse_worlds(settings.worlds)
+    for world in worlds.values():
+        world.root.load()
     painter = MetatilePainter.from_pretrained(
         settings.weights, sampler=settings.sampler, steps=settings.steps, device=settings.device
     )
     return TileService(
-        worlds=parse_worlds(settings.worlds),
+        worlds=worlds,
         store=TileStore(settings.store or settings.cache_dir),
         painter=painter,
         zooms=ZoomRange(settings.minzoom, settings.maxzoom),
@@ -82,26 +94,36 @@ def build_service(settings: Settings) -> TileService:
     )
 
 
-_INTEGER = re.compile(r"-?[0-9]{1,10}")
+def _check_device(device: str) -> None:
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA GPU that torch {torch.__version__} can use")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
 
 
-def _integer(text: str) -> int | None:
-    return int(text) if _INTEGER.fullmatch(text) else None
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_CANONICAL = re.compile(r"0|-?[1-9][0-9]{0,9}")  # each tile has one URL: no '+', no leading zeros, no '-0'
 
 
 def parse_tile_request(world: str, z: str, x: str, name: str) -> TileRequest:
-    """Parse `{z}/{x}/{y}[@2x].{ext}`; non-integers and unknown extensions are BadRequest."""
+    """Parse `{z}/{x}/{y}[@2x].{ext}`. Non-integers and unknown extensions are BadRequest; integers
+    written otherwise than plainly (`00`, `+1`, `-0`) name no tile (TileOutOfRange), so no tile has aliases."""
     stem, dot, ext = name.rpartition(".")
     if not dot or ext.lower() not in MEDIA_TYPES:
         raise BadRequest(f"unknown tile format {name!r}: use .png, .jpg or .webp")
     scale = 1
     if stem.endswith("@2x"):
         stem, scale = stem[:-3], 2
-    zi, xi, yi = _integer(z), _integer(x), _integer(stem)
-    if zi is None or xi is None or yi is None:
+    coordinates = (z, x, stem)
+    if not all(_INTEGER.fullmatch(c) for c in coordinates):
         raise BadRequest(f"tile coordinates must be integers, got {z}/{x}/{stem}")
+    if not all(_CANONICAL.fullmatch(c) for c in coordinates):
+        raise TileOutOfRange(f"no tile is named {z}/{x}/{stem}: write coordinates without signs or leading zeros")
     fmt = "jpg" if ext.lower() == "jpeg" else ext.lower()
-    return TileRequest(world, zi, xi, yi, scale, fmt)
+    return TileRequest(world, int(z), int(x), int(stem), scale, fmt)
 
 
 def _scale(request: Request) -> int:
@@ -150,11 +172,47 @@ async def tile_endpoint(request: Request) -> Response:
             return _tile_response(request, tile)
         metrics.QUEUE_DEPTH.inc()
         try:
-            await request.app.state.queue.need(req.world, needed)
+            painted = await _painted_while_connected(request, req.world, needed)
         finally:
             metrics.QUEUE_DEPTH.dec()
+        if not painted:
+            return _client_closed(request)
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
     raise StorageError("the tile was painted but could not be read back from the store")
+
+
+async def _painted_while_connected(request: Request, world: str, tiles: list[mercantile.Tile]) -> bool:
+    """Wait for the paint queue to store `tiles`. False if the client disconnects first: its wait is
+    withdrawn, so the queue drops the work nobody else waits for."""
+    painting = asyncio.ensure_future(request.app.state.queue.need(world, tiles))
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((painting, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (painting, gone):
+            task.cancel()
+        await asyncio.gather(painting, gone, return_exceptions=True)
+    if painting.cancelled():
+        return False
+    painting.result()  # the queue's error, if painting failed
+    return True
+
+
+async def _disconnect(request: Request) -> None:
+    """Return when the client closes the connection (ASGI `http.disconnect`); a GET has no body to read."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _client_closed(request: Request) -> Response:
+    """The client left while its tile waited: nobody reads this answer, and the server logs no line for
+    an answer it cannot send, so log it here as 499 ("client closed request", as nginx does)."""
+    client = request.scope.get("client")
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    ACCESS_LOG.info('%s - "%s %s HTTP/%s" %d', f"{client[0]}:{client[1]}" if client else "-", request.method,
+                    request.scope["path"] + (f"?{query}" if query else ""), request.scope.get("http_version", "1.1"),
+                    CLIENT_CLOSED)
+    return Response(status_code=CLIENT_CLOSED)
 
 
 def _stored_encoding(service: TileService, req: TileRequest) -> bytes | None:
@@ -237,9 +295,14 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 async def health(request: Request) -> Response:
     service = _service(request)
     store = service.store.health()
-    return JSONResponse(
-        {"status": store["status"], "model_revision": service.revision, "worlds": sorted(service.worlds), "store": store}
-    )
+    return JSONResponse({
+        "status": store["status"],
+        "model_revision": service.revision,
+        "worlds": sorted(service.worlds),
+        "queue_depth": request.app.state.queue.depth,
+        "metatiles_in_flight": service.metatiles_in_flight,
+        "store": store,
+    })
 
 
 async def worlds(request: Request) -> Response:
@@ -285,16 +348,14 @@ async def error_response(request: Request, exc: Exception) -> Response:
         detail, headers = str(exc), None
         if isinstance(exc, StorageError):
             headers = {"Retry-After": str(exc.retry_after)}
-    if _is_tile_request(request):
+    if _is_tile_scope(request.scope):
         return PlainTextResponse(detail + "\n", status_code=status, headers=headers)
     return JSONResponse({"error": detail, "status": status}, status_code=status, headers=headers)
 
 
-def _is_tile_request(request: Request) -> bool:
+def _is_tile_scope(scope: Scope) -> bool:
     """Routed to the tile endpoint, or (unrouted) shaped like an image URL."""
-    if request.scope.get("endpoint") is tile_endpoint:
-        return True
-    return request.url.path.rsplit(".", 1)[-1].lower() in MEDIA_TYPES
+    return scope.get("endpoint") is tile_endpoint or scope["path"].rsplit(".", 1)[-1].lower() in MEDIA_TYPES
 
 
 def create_app(settings: Settings | None = None, service: TileService | None = None) -> Starlette:
@@ -336,6 +397,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
     hot_tiles = HotTiles(settings.hot_tiles_mb * 2**20)
     middleware = [
         Middleware(metrics.RequestMetrics, route_names=route_names),
+        Middleware(JSONErrors, text_errors=_is_tile_scope),  # outermost: it sees the CORS middleware's refusals too
         Middleware(
             CORSMiddleware,
             allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],

@@ -6,6 +6,8 @@ import argparse
 import copy
 import logging
 import os
+import re
+import socket
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ log = logging.getLogger("tileserver")
 # How long a worker process may leave uvicorn's health pings unanswered: importing torch holds
 # the interpreter lock for seconds on a busy machine, and a worker killed for that never starts.
 WORKER_STARTUP_SECONDS = 120
+NEGATIVE_VALUE_OPTIONS = ("--bbox",)  # options whose value may start with '-' (a western or southern bound)
 
 
 def _zoom_range(text: str) -> tuple[int, int]:
@@ -84,7 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def _world_name(text: str, service) -> str:
     name = text.partition("=")[0]
     if name not in service.worlds:
-        raise SystemExit(f"unknown world {name!r}; served: {', '.join(service.worlds)}")
+        raise ValueError(f"unknown world {name!r}; served: {', '.join(service.worlds)}")
     return name
 
 
@@ -92,17 +95,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tileserver import metrics
+    from tileserver.app import build_service, create_app
 
     settings = settings_from_args(args)
+    _check_listen(settings.host, settings.port)  # a port in use fails before the model loads
+    # Build the service here: a bad world, root image, weights file or device is one line and exit code 2.
+    service = build_service(settings)
     # Each worker process builds its own app (model, store connection) from these variables.
     os.environ.update(settings.to_env())
     log.info("serving %s on http://%s:%d with %d worker(s), store %s", ", ".join(settings.worlds), settings.host,
              settings.port, settings.workers, settings.store or settings.cache_dir)
-    with metrics.multiprocess_dir(settings.workers):  # where the workers' metrics meet
-        uvicorn.run("tileserver.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_config=_log_config(logging.getLogger().level), proxy_headers=True,
-                    access_log=args.access_log, timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
+    if settings.workers == 1:
+        app, factory = create_app(settings, service), False
+    else:
+        service.store.close()
+        app, factory = "tileserver.app:create_app", True
+    try:
+        with metrics.multiprocess_dir(settings.workers):  # where the workers' metrics meet
+            uvicorn.run(app, factory=factory, host=settings.host, port=settings.port, workers=settings.workers,
+                        log_config=_log_config(logging.getLogger().level), proxy_headers=True,
+                        access_log=args.access_log, timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
+    finally:
+        service.store.close()
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind the address once, as uvicorn will (same family and options), and let it go again."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
 
 
 def _log_config(level: int) -> dict:
@@ -152,13 +178,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_tile(args: argparse.Namespace) -> int:
     from tileserver.app import build_service
+    from tileserver.tiles import TileOutOfRange
 
     service = build_service(settings_from_args(args))
-    world = _world_name(args.world, service)
-    data = service.tile(world, args.z, args.x, args.y)
+    try:
+        data = service.tile(_world_name(args.world, service), args.z, args.x, args.y)
+    except TileOutOfRange as error:
+        raise ValueError(f"no tile {args.z}/{args.x}/{args.y}: {error}") from None
+    finally:
+        service.store.close()
     Path(args.output).write_bytes(data)
     log.info("wrote %s (%d bytes)", args.output, len(data))
-    service.store.close()
     return 0
 
 
@@ -230,15 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """argparse takes `--bbox -123,37,-122,38` for two options; pass such a value as `--bbox=-123,37,-122,38`."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in NEGATIVE_VALUE_OPTIONS and re.match(r"-[0-9.]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, StorageError) as error:
-        parser.exit(2, f"tileserver: error: {error}\n")
+        # A start-up or input error is the user's to fix: one line and exit code 2, never a traceback.
+        parser.exit(2, f"tileserver: error: {' '.join(str(error).split())}\n")
 
 
 if __name__ == "__main__":

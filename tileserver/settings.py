@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -44,8 +45,16 @@ class Settings:
     def __post_init__(self):
         if not 0 <= self.minzoom <= self.maxzoom <= 24:
             raise ValueError(f"zoom range {self.minzoom}..{self.maxzoom} must satisfy 0 <= min <= max <= 24")
-        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if not self.worlds:
+            raise ValueError("no world to serve: name at least one, e.g. --world earth=earth")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.tile_max_age < 0 or self.unversioned_max_age < 0:
+            raise ValueError(f"max-age must not be negative, got {self.tile_max_age} and {self.unversioned_max_age}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.max_batch is not None and self.max_batch < 1:
@@ -73,7 +82,11 @@ class Settings:
                 values[f.name] = _convert(f.name, raw)
             except ValueError as error:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {error}") from None
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as error:  # name the variables, which the user may not know are set
+            names = ", ".join(f"{ENV_PREFIX}{name.upper()}={environ[ENV_PREFIX + name.upper()]!r}" for name in values)
+            raise ValueError(f"{error} (from {names})") from None
 
     def to_env(self) -> dict[str, str]:
         """The `TILESERVER_*` variables that `from_env` reads back into these settings (for worker processes)."""

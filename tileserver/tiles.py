@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import mercantile
@@ -35,6 +35,17 @@ PLAN_ATTEMPTS = 3  # plans in one `ensure`, when stored tiles vanish or fail the
 
 class TileOutOfRange(LookupError):
     """The tile does not exist in the served pyramid."""
+
+
+@dataclass(frozen=True)
+class PaintStep:
+    """Where a plan stands after one step: metatiles it painted in this step (one model batch),
+    metatiles of the plan stored so far, in all, and seconds to wait before the next step."""
+
+    painted: int
+    done: int
+    total: int
+    wait: float = 0.0
 
 
 class TileVanished(KeyError):
@@ -69,6 +80,7 @@ class TileService:
         self.worlds, self.store, self.painter, self.zooms = worlds, store, painter, zooms
         self.max_batch = max_batch
         self.paint_calls = 0  # model batches run, for tests and stats
+        self.metatiles_in_flight = 0  # metatiles in the model batch running now
         self._model_lock = threading.Lock()
 
     @property
@@ -112,25 +124,43 @@ class TileService:
         another. A tile the plan counted on that vanishes meanwhile (deleted, or damaged and
         removed) is planned again and repainted.
         """
+        painted = 0
+        for step in self.paint_steps(world_name, tiles):
+            painted += step.painted
+            if progress:
+                progress(step.done, step.total)
+            time.sleep(step.wait)
+        return painted
+
+    def paint_steps(self, world_name: str, tiles: Iterable[mercantile.Tile]) -> Iterator[PaintStep]:
+        """Paint what `tiles` need one model batch at a time, yielding after each batch.
+
+        The caller decides what happens between batches: `ensure` runs the plan to its end; the
+        HTTP queue interleaves the plans of several requests and drops one nobody waits for.
+        A step that `wait`s painted nothing: every next metatile is being painted by another
+        painter, so ask again after that many seconds. No claim is held across a yield.
+        """
         world = self.worlds[world_name]
         tiles = list(tiles)
         for _ in range(PLAN_ATTEMPTS):
             try:
-                return self._ensure(world, tiles, progress)
+                yield from self._paint_steps(world, tiles)
+                return
             except TileVanished as gone:
                 log.warning("%s: planning again", gone.args[0])
         raise StorageError(f"tiles of {world_name!r} keep vanishing from the store as they are painted")
 
-    def _ensure(self, world: World, tiles: list[mercantile.Tile], progress: ProgressCallback | None) -> int:
+    def _paint_steps(self, world: World, tiles: list[mercantile.Tile]) -> Iterator[PaintStep]:
         for t in tiles:
             if t.z <= world.root.root_zoom:
                 self._root_pixels(world, t)
         levels = plan_metatiles(tiles, lambda t: self.store.contains(self.key(world, t)), world.root.root_zoom)
-        total, done, painted = sum(len(level) for level in levels), 0, 0
+        total, done = sum(len(level) for level in levels), 0
         fresh: dict[mercantile.Tile, np.ndarray] = {}  # pixels painted here, to skip decoding them again
         for level in levels:
             waiting, pause = list(level), CLAIM_POLL_SECONDS[0]
             while waiting:
+                painted, wait = 0, 0.0
                 batch = self._claim(world, waiting)
                 if batch:
                     try:
@@ -138,23 +168,21 @@ class TileService:
                         todo = [p for p in batch if not self._stored(world, p)]
                         if todo:
                             self._paint(world, todo, fresh)
-                            painted += len(todo)
+                            painted = len(todo)
                     finally:
                         for p in batch:
                             self.store.release(self._claim_name(world, p))
                     left = [p for p in waiting if p not in batch]
                 else:
                     # Every waiting metatile is being painted elsewhere: wait for it to be stored.
-                    time.sleep(pause)
-                    pause = min(2 * pause, CLAIM_POLL_SECONDS[1])
                     left = [p for p in waiting if not self._stored(world, p)]
+                    if len(left) == len(waiting):
+                        wait, pause = pause, min(2 * pause, CLAIM_POLL_SECONDS[1])
                 done += len(waiting) - len(left)
                 waiting = left
-                if progress:
-                    progress(done, total)
+                yield PaintStep(painted, done, total, wait)
             # Only the level just painted can be a parent of the next one.
             fresh = {t: px for t, px in fresh.items() if t.z == level[0].z + 1}
-        return painted
 
     def _claim(self, world: World, parents: list[mercantile.Tile]) -> list[mercantile.Tile]:
         """Up to `max_batch` of `parents` whose metatiles this painter could claim."""
@@ -190,8 +218,12 @@ class TileService:
         metrics.METATILES_IN_FLIGHT.inc(len(parents))
         try:
             with self._model_lock:
+                self.metatiles_in_flight = len(parents)
                 started = time.perf_counter()
-                painted = self.painter.paint(world.seed, parents, parent_pixels)
+                try:
+                    painted = self.painter.paint(world.seed, parents, parent_pixels)
+                finally:
+                    self.metatiles_in_flight = 0
                 metrics.PAINT_SECONDS.observe(time.perf_counter() - started)
                 self.paint_calls += 1
             metrics.MODEL_BATCHES.inc()

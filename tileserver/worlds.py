@@ -9,6 +9,8 @@ from cascade.roots import EarthRoot, Root, open_root
 
 DEFAULT_WORLDS = ("earth=earth", "parallel=procedural:7")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# First path segments of the server's own routes: a world by one of these names would be shadowed.
+RESERVED_NAMES = frozenset({"docs", "health", "maplibre", "metrics", "static", "vendor", "worlds"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ def _split(text: str) -> tuple[str, str, int | None]:
         )
     if not _NAME.match(name):
         raise ValueError(f"world name {name!r} must be lower-case letters, digits, '-' or '_' (at most 64)")
+    if name in RESERVED_NAMES:
+        raise ValueError(f"world name {name!r} is taken by the server's own /{name} path: choose another")
     spec, seed = rest.strip(), None
     match = re.fullmatch(r"(.*),seed=(-?\d+)", spec)
     if match:
