@@ -89,3 +89,15 @@ def test_store_flag_and_environment(monkeypatch):
     assert settings_from_args(args).store == "postgresql://u@h:5432/flag"
     with pytest.raises(ValueError, match="postgresql://"):
         Settings(store="mysql://x")
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["evaluate", "--max-patches", "3", "--help"], "usage: tileserver evaluate"),
+    (["-q", "evaluate", "--realism", "--help"], "usage: python -m cascade.training.realism"),
+    (["train", "--help"], "usage:"),
+])
+def test_train_and_evaluate_pass_every_argument_on(argv, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(usage)
