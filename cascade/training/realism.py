@@ -133,7 +133,7 @@ def real_chain(ev: Evaluator, sample: Sample, stages: int, sampler: str, steps: 
     out: dict[str, list[np.ndarray]] = {"model": [], "bicubic": []}
     kw = ev._kwargs(sampler, steps)
     for i, img in enumerate(sample.images):
-        real = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        real = torch.tensor(img).permute(2, 0, 1)[None].float() / 255  # a copy: loaded images are read-only
         start = quantize(metrics.area_downsample(real, 2**stages).float())
         mpp = torch.tensor([sample.m_per_px], dtype=torch.float32)
         for method in out:
@@ -193,7 +193,7 @@ def kid_table(features: dict[str, dict[str, np.ndarray]], real: dict[str, np.nda
 
 def markdown(report: dict) -> str:
     methods = report["methods"]
-    head = " / ".join(methods)
+    head = " | ".join(methods)
     lines = [
         f"Long chains vs real imagery held out by place: KID x1e3 (EfficientNet-Lite0 features, cubic kernel), "
         f"mean over the places of each band; lower is better. {report['stages']}-stage real chains "
