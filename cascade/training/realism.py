@@ -268,7 +268,7 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
         _save(out / "realism" / f"{_slug(key)}-model.png", painted["model"][0])
         _save(out / "realism" / f"{_slug(key)}-bicubic.png", painted["bicubic"][0])
         log.info("%s (%s): SWD %.1f, HF ratio %.2f", key, s.band, stats[key]["swd"], stats[key]["hf_ratio"])
-    methods = ["model", "bicubic"] + (["root chain"] if any(feats["root chain"].values()) else [])
+    methods = ["model", "bicubic"] + (["root chain"] if feats["root chain"] else [])
     report = {
         "stages": stages, "methods": methods, "weights": str(weights), "revision": painter.revision,
         "sampler": painter.sampler, "steps": painter.steps, "places": stats,
