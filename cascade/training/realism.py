@@ -41,7 +41,7 @@ import torch
 
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
-from cascade.training.data import SERVED_M_PER_PX, ImageRecord, area_downsample_image, load_image, load_index
+from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
 from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain
 
 log = logging.getLogger("cascade.training.realism")
