@@ -199,3 +199,15 @@ def test_negative_bbox_is_a_value_not_an_option(form, tmp_path):
 def test_prefetch_with_a_western_bbox_runs(tmp_path, weights):
     assert main(["-q", "prefetch", "--world", "w=procedural:5", "--bbox", "-123,37,-122,38", "--zoom", "3-4",
                  "--dry-run", "--cache-dir", str(tmp_path / "c"), "--weights", str(weights)]) == 0
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["evaluate", "--max-patches", "3", "--help"], "usage: tileserver evaluate"),
+    (["-q", "evaluate", "--realism", "--help"], "usage: python -m cascade.training.realism"),
+    (["train", "--help"], "usage:"),
+])
+def test_train_and_evaluate_pass_every_argument_on(argv, usage, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(usage)

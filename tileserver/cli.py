@@ -199,6 +199,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.rest[:1] == ["--realism"]:  # long-chain realism (KID) instead of the one-stage tables
+        from cascade.training.realism import main as realism_main
+
+        return realism_main(args.rest[1:])
     from cascade.training.evaluate import main as evaluate_main
 
     return evaluate_main(args.rest)
@@ -271,9 +275,20 @@ def _negative_values_attached(argv: list[str]) -> list[str]:
     return out
 
 
+PASSTHROUGH = ("train", "evaluate")  # commands whose arguments go, untouched, to their own parsers
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(_negative_values_attached(sys.argv[1:] if argv is None else argv))
+    argv = _negative_values_attached(argv)
+    # argparse's REMAINDER drops arguments that start with "-", so split them off before parsing.
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if command < len(argv) and argv[command] in PASSTHROUGH:
+        args = parser.parse_args(argv[: command + 1])
+        args.rest = argv[command + 1 :]
+    else:
+        args = parser.parse_args(argv)
     level = logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -41,7 +41,7 @@ import torch
 
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
-from cascade.training.data import SERVED_M_PER_PX, ImageRecord, area_downsample_image, load_image, load_index
+from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
 from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain
 
 log = logging.getLogger("cascade.training.realism")
@@ -133,7 +133,7 @@ def real_chain(ev: Evaluator, sample: Sample, stages: int, sampler: str, steps: 
     out: dict[str, list[np.ndarray]] = {"model": [], "bicubic": []}
     kw = ev._kwargs(sampler, steps)
     for i, img in enumerate(sample.images):
-        real = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        real = torch.tensor(img).permute(2, 0, 1)[None].float() / 255  # a copy: loaded images are read-only
         start = quantize(metrics.area_downsample(real, 2**stages).float())
         mpp = torch.tensor([sample.m_per_px], dtype=torch.float32)
         for method in out:
@@ -193,7 +193,7 @@ def kid_table(features: dict[str, dict[str, np.ndarray]], real: dict[str, np.nda
 
 def markdown(report: dict) -> str:
     methods = report["methods"]
-    head = " / ".join(methods)
+    head = " | ".join(methods)
     lines = [
         f"Long chains vs real imagery held out by place: KID x1e3 (EfficientNet-Lite0 features, cubic kernel), "
         f"mean over the places of each band; lower is better. {report['stages']}-stage real chains "
@@ -268,7 +268,7 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
         _save(out / "realism" / f"{_slug(key)}-model.png", painted["model"][0])
         _save(out / "realism" / f"{_slug(key)}-bicubic.png", painted["bicubic"][0])
         log.info("%s (%s): SWD %.1f, HF ratio %.2f", key, s.band, stats[key]["swd"], stats[key]["hf_ratio"])
-    methods = ["model", "bicubic"] + (["root chain"] if any(feats["root chain"].values()) else [])
+    methods = ["model", "bicubic"] + (["root chain"] if feats["root chain"] else [])
     report = {
         "stages": stages, "methods": methods, "weights": str(weights), "revision": painter.revision,
         "sampler": painter.sampler, "steps": painter.steps, "places": stats,
