@@ -6,7 +6,7 @@
 #
 #   build/shards/   packed training patches, made on a machine that has the data:
 #                   python -m cascade.training.data pack --data-dir DATA --split train --patch 128 \
-#                       --count 24000 --quality 90 --shard-mb 15 --out build/shards
+#                       --count 11000 --quality 90 --shard-mb 15 --out build/shards   # 9,593 patches, 61 MiB
 #   build/wheels/   optional: pip download --no-deps -d build/wheels diffusers==0.42.1 importlib_metadata zipp
 #   build/gpu-run/  optional: the checkpoint.pt of an earlier call, to continue it
 #
