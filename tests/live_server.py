@@ -57,7 +57,9 @@ class AccessLog:
             return list(self.entries)
 
     def failures(self) -> list[tuple[str, str, int]]:
-        return [e for e in self.snapshot() if e[2] >= 400]
+        """Requests the server failed. 499 is not one: the client left first (a browser leaving a page
+        cancels the tile requests it still has in flight)."""
+        return [e for e in self.snapshot() if e[2] >= 400 and e[2] != 499]
 
 
 class LiveServer:

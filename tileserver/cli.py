@@ -105,18 +105,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.update(settings.to_env())
     log.info("serving %s on http://%s:%d with %d worker(s), store %s", ", ".join(settings.worlds), settings.host,
              settings.port, settings.workers, settings.store or settings.cache_dir)
-    if settings.workers == 1:
-        app, factory = create_app(settings, service), False
-    else:
+    if settings.workers > 1:  # it was built to check the settings; each worker builds its own
         service.store.close()
-        app, factory = "tileserver.app:create_app", True
+        service = None
     try:
         with metrics.multiprocess_dir(settings.workers):  # where the workers' metrics meet
-            uvicorn.run(app, factory=factory, host=settings.host, port=settings.port, workers=settings.workers,
+            uvicorn.run(create_app(settings, service) if service else "tileserver.app:create_app",
+                        factory=not service, host=settings.host, port=settings.port, workers=settings.workers,
                         log_config=_log_config(logging.getLogger().level), proxy_headers=True,
                         access_log=args.access_log, timeout_worker_healthcheck=WORKER_STARTUP_SECONDS)
     finally:
-        service.store.close()
+        if service:
+            service.store.close()
     return 0
 
 
