@@ -224,6 +224,11 @@ class TestPostgresStore(StoreContract):
 
         def drop_connections():
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+            # Termination is a signal: wait until the backends are gone, or a read may still use one.
+            deadline = time.monotonic() + 30
+            while admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "backends survived pg_terminate_backend"
+                time.sleep(0.05)
 
         try:
             store.store(KEY, value(1))
