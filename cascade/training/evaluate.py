@@ -195,12 +195,12 @@ def run_stage(
         canvas = stage_canvas(parent, halo)
     else:
         window = mirror_pad(parent, halo // 2 + model.context_margin)
-        size = parent.shape[-1] * 2 + 2 * halo
+        height, width = p_h * 2 + 2 * halo, p_w * 2 + 2 * halo
         indices = range(len(parent)) if indices is None else indices
-        pitch = -(-size // 8) * 8
-        noise = batch_noise(seed, zoom, [(int(i) * pitch, 0) for i in indices], size, size, device=parent.device)
+        pitch = -(-width // 8) * 8
+        noise = batch_noise(seed, zoom, [(int(i) * pitch, 0) for i in indices], height, width, device=parent.device)
         log2 = torch.log2(m_per_px.to(parent.device, torch.float32))
-        log2_mpp = log2[:, None].expand(-1, size).contiguous()
+        log2_mpp = log2[:, None].expand(-1, height).contiguous()
         parent_log2_mpp = (log2 + 1)[:, None].expand(-1, window.shape[-2]).contiguous()
         if method == "model":
             canvas = sample_stage(model, scheduler, window, parent_log2_mpp, log2_mpp, noise, steps)
