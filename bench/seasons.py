@@ -9,27 +9,17 @@ Earth in different seasons). Tiles land in --cache-dir, so a rerun is instant.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-import mercantile
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from tileserver.app import build_service
-from tileserver.encode import decode
 from tileserver.settings import Settings
+from zoom_sequence import painted_panel  # bench/ is on the path when a script in it runs
 
 MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-
-def label(pixels: np.ndarray, text: str) -> np.ndarray:
-    panel = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(panel)
-    draw.rectangle((0, 0, 8 + 7 * len(text), 16), fill=(0, 0, 0))
-    draw.text((4, 3), text, fill=(255, 255, 255))
-    return np.asarray(panel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for m in months:
         panels = []
         for z in zooms:
-            tile = mercantile.tile(args.lon, args.lat, z)
-            start = time.perf_counter()
-            pixels = decode(service.tile(f"m{m}", tile.z, tile.x, tile.y))
-            print(f"{MONTH_NAMES[m - 1]} z{z} {tile.x}/{tile.y}: {time.perf_counter() - start:.1f} s", flush=True)
-            panels.append(label(pixels, f"{MONTH_NAMES[m - 1]} z{z}"))
+            panels.append(painted_panel(service, f"m{m}", args.lon, args.lat, z, f"{MONTH_NAMES[m - 1]} z{z}"))
         rows.append(np.concatenate(panels, axis=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=85)

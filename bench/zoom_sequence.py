@@ -21,6 +21,19 @@ from tileserver.encode import decode
 from tileserver.settings import Settings
 
 
+def painted_panel(service, world: str, lon: float, lat: float, z: int, text: str) -> np.ndarray:
+    """The tile of `world` under (lon, lat) at zoom z, painted if missing (timed), labelled `text`."""
+    tile = mercantile.tile(lon, lat, z)
+    start = time.perf_counter()
+    pixels = decode(service.tile(world, tile.z, tile.x, tile.y))
+    print(f"{text} {tile.x}/{tile.y}: {time.perf_counter() - start:.1f} s", flush=True)
+    panel = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(panel)
+    draw.rectangle((0, 0, max(44, 8 + 7 * len(text)), 16), fill=(0, 0, 0))
+    draw.text((4, 3), text, fill=(255, 255, 255))
+    return np.asarray(panel)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", default="earth=earth")
@@ -38,15 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.world.partition("=")[0]
     panels = []
     for z in (int(v) for v in args.zooms.split(",")):
-        tile = mercantile.tile(args.lon, args.lat, z)
-        start = time.perf_counter()
-        pixels = decode(service.tile(name, tile.z, tile.x, tile.y))
-        print(f"z{z} {tile.x}/{tile.y}: {time.perf_counter() - start:.1f} s")
-        panel = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(panel)
-        draw.rectangle((0, 0, 44, 16), fill=(0, 0, 0))
-        draw.text((4, 3), f"z{z}", fill=(255, 255, 255))
-        panels.append(np.asarray(panel))
+        panels.append(painted_panel(service, name, args.lon, args.lat, z, f"z{z}"))
     rows = [np.concatenate(panels[i : i + args.columns], axis=1) for i in range(0, len(panels), args.columns)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.out, quality=85)
