@@ -74,6 +74,18 @@ def test_settings_from_environment():
         Settings(minzoom=5, maxzoom=2)
 
 
+def test_cold_wait_from_flag_and_environment(monkeypatch):
+    from tileserver.cli import build_parser, settings_from_args
+
+    assert Settings().cold_wait == 20
+    assert Settings.from_env({"TILESERVER_COLD_WAIT": "2.5"}).cold_wait == 2.5
+    monkeypatch.setenv("TILESERVER_COLD_WAIT", "7")
+    assert settings_from_args(build_parser().parse_args(["serve"])).cold_wait == 7
+    flagged = settings_from_args(build_parser().parse_args(["serve", "--cold-wait", "0"]))
+    assert flagged.cold_wait == 0  # the flag wins, and 0 (wait for the paint) is kept, not taken for unset
+    assert Settings.from_env(flagged.to_env()).cold_wait == 0  # as the worker processes read it
+
+
 def test_unreachable_store_is_one_clear_line(tmp_path, weights, capsys, postgres_server):
     url = postgres_server.url("missing_db")
     with pytest.raises(SystemExit) as exit_info:
@@ -159,6 +171,7 @@ def test_serve_start_up_errors_are_one_line(tmp_path, weights, damaged_weights, 
     fails_in_one_line([*serve, "--world", "w=procedural:1", "--weights", str(truncated_root)], capsys,
                       "no model weights")
     fails_in_one_line([*serve, "--port", "99999"], capsys, "port", "99999")
+    fails_in_one_line([*serve, "--cold-wait", "-1"], capsys, "cold-wait must be a number of seconds, 0 or more", "-1")
     fails_in_one_line([*serve, "--port", str(busy_port)], capsys, f"cannot listen on 127.0.0.1:{busy_port}")
     if not torch.cuda.is_available():
         fails_in_one_line([*serve, "--world", "w=procedural:1", "--device", "cuda"], capsys, "cuda", "no CUDA GPU")
@@ -169,6 +182,8 @@ def test_serve_start_up_errors_are_one_line(tmp_path, weights, damaged_weights, 
     ("TILESERVER_WORLDS", " ; ", "no world to serve"),
     ("TILESERVER_UNVERSIONED_MAX_AGE", "-1", "max-age must not be negative"),
     ("TILESERVER_TILE_MAX_AGE", "-5", "max-age must not be negative"),
+    ("TILESERVER_COLD_WAIT", "-0.5", "cold-wait must be a number of seconds, 0 or more"),
+    ("TILESERVER_COLD_WAIT", "soon", "could not convert"),
 ])
 def test_bad_environment_is_one_line(variable, value, expected, monkeypatch, capsys, no_server):
     monkeypatch.setenv(variable, value)

@@ -2,16 +2,19 @@
 
 Request path for a tile: in memory (hot)? serve it before routing : parse → stored? serve it : queue
 the tile, the queue plans the missing ancestors and paints them in batches → encode → respond with a
-strong ETag, and keep the tile hot.
+strong ETag, and keep the tile hot. A paint still running after the cold wait is answered with a
+provisional tile instead (tileserver/provisional.py), and goes on to store the real one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 from collections.abc import AsyncIterator
@@ -34,7 +37,7 @@ from starlette.types import Scope
 
 from cache.store import StorageError, TileStore, tile_key
 from cascade.painter import MetatilePainter
-from tileserver import clients, metrics
+from tileserver import clients, metrics, provisional
 from tileserver.batching import PaintQueue
 from tileserver.encode import MEDIA_TYPES, decode, encode
 from tileserver.hot import HotTile, HotTileMiddleware, HotTiles
@@ -49,6 +52,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DOCUMENT_MAX_AGE = 300  # seconds for TileJSON, capabilities and the world list
 PAINT_ATTEMPTS = 3  # paints of one request whose tile vanishes from the store before it is read
 CLIENT_CLOSED = 499  # status logged for a request whose client left before its tile was painted
+RETRY_AFTER_MAX = 3600  # seconds: the longest Retry-After of a provisional tile
 ACCESS_LOG = logging.getLogger("uvicorn.access")  # the server's request log, in its format
 
 
@@ -146,6 +150,14 @@ def _world(request: Request):
         raise UnknownWorld(f"unknown world {name!r}") from None
 
 
+class Paint(enum.Enum):
+    """How a request's wait for its paint ended."""
+
+    STORED = "stored"
+    CLIENT_GONE = "client gone"  # the request is withdrawn
+    STILL_RUNNING = "still running"  # past the cold wait: the paint goes on without the request
+
+
 async def tile_endpoint(request: Request) -> Response:
     service = _service(request)
     _world(request)
@@ -158,6 +170,8 @@ async def tile_endpoint(request: Request) -> Response:
         if req.z + 1 > service.zooms.maxzoom:
             raise TileOutOfRange(f"@2x at zoom {req.z} needs zoom {req.z + 1}, beyond {service.zooms.maxzoom}")
         needed = mercantile.children(needed[0])
+    cold_wait = request.app.state.settings.cold_wait
+    deadline = asyncio.get_running_loop().time() + cold_wait if cold_wait else None
 
     if req.scale == 1 and req.fmt == "png" and service.store.inline_reads:
         body = service.cached(req.world, req.z, req.x, req.y)  # fast path: one local key lookup
@@ -172,30 +186,54 @@ async def tile_endpoint(request: Request) -> Response:
             return _tile_response(request, tile)
         metrics.QUEUE_DEPTH.inc()
         try:
-            painted = await _painted_while_connected(request, req.world, needed)
+            outcome = await _wait_for_paint(request, req.world, needed, deadline)
         finally:
             metrics.QUEUE_DEPTH.dec()
-        if not painted:
+        if outcome is Paint.CLIENT_GONE:
             return _client_closed(request)
+        if outcome is Paint.STILL_RUNNING:
+            return await _provisional_response(request, req, needed)
         body = await anyio.to_thread.run_sync(_stored_encoding, service, req)
     raise StorageError("the tile was painted but could not be read back from the store")
 
 
-async def _painted_while_connected(request: Request, world: str, tiles: list[mercantile.Tile]) -> bool:
-    """Wait for the paint queue to store `tiles`. False if the client disconnects first: its wait is
-    withdrawn, so the queue drops the work nobody else waits for."""
-    painting = asyncio.ensure_future(request.app.state.queue.need(world, tiles))
+async def _wait_for_paint(request: Request, world: str, tiles: list[mercantile.Tile], deadline: float | None) -> Paint:
+    """Wait for the paint queue to store `tiles`, until `deadline` (event-loop time; None: no limit).
+
+    A client that disconnects first withdraws its wait, so the queue drops the work nobody else waits
+    for. At the deadline the job is kept instead: the paint goes on and stores the tiles for the next
+    request, although this one stops waiting.
+    """
+    queue = request.app.state.queue
+    painting = asyncio.ensure_future(queue.need(world, tiles))
     gone = asyncio.ensure_future(_disconnect(request))
+    patience = None if deadline is None else max(0.0, deadline - asyncio.get_running_loop().time())
     try:
-        await asyncio.wait((painting, gone), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((painting, gone), timeout=patience, return_when=asyncio.FIRST_COMPLETED)
+        if not (painting.done() or gone.done()):
+            queue.keep(world, tiles)  # before our wait is withdrawn below
     finally:
         for task in (painting, gone):
             task.cancel()
         await asyncio.gather(painting, gone, return_exceptions=True)
-    if painting.cancelled():
-        return False
-    painting.result()  # the queue's error, if painting failed
-    return True
+    if not painting.cancelled():
+        painting.result()  # the queue's error, if painting failed
+        return Paint.STORED
+    return Paint.CLIENT_GONE if gone.done() and not gone.cancelled() else Paint.STILL_RUNNING
+
+
+async def _provisional_response(request: Request, req: TileRequest, needed: list[mercantile.Tile]) -> Response:
+    """The tile's ancestor upsampled, for a client that should not wait longer. It must not be kept
+    (`no-store`, no ETag, never a hot tile): the real tile replaces it at the same URL. `Retry-After`
+    says when the real one should be there."""
+    service = _service(request)
+    seconds = request.app.state.queue.seconds_left(req.world, needed) or request.app.state.settings.cold_wait
+    footprint = mercantile.Tile(req.x, req.y, req.z)
+    body = await anyio.to_thread.run_sync(provisional.tile, service, req.world, footprint, 256 * req.scale, req.fmt)
+    metrics.PROVISIONAL_TILES.inc()
+    headers = {"Cache-Control": "no-store", provisional.HEADER: "1",
+               "Retry-After": str(min(RETRY_AFTER_MAX, max(1, math.ceil(seconds))))}
+    return Response(body, media_type=MEDIA_TYPES[req.fmt], headers=headers)
 
 
 async def _disconnect(request: Request) -> None:
@@ -403,7 +441,7 @@ def create_app(settings: Settings | None = None, service: TileService | None = N
             allow_origins=[origin.strip() for origin in settings.cors_origin.split(",") if origin.strip()],
             allow_methods=["GET", "HEAD", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["ETag", "Cache-Control", "Content-Length"],
+            expose_headers=["ETag", "Cache-Control", "Content-Length", "Retry-After", provisional.HEADER],
             max_age=86400,
         ),
         Middleware(HotTileMiddleware, tiles=hot_tiles, respond=_hot_tile_response),

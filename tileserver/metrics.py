@@ -35,6 +35,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUESTS = Counter("tileserver_requests", "HTTP requests answered, by route name and status code", ["route", "status"])
 TILE_CACHE_HITS = Counter("tileserver_tile_cache_hits", "Tile requests answered from memory or the store, without painting")
 TILE_CACHE_MISSES = Counter("tileserver_tile_cache_misses", "Tile requests that had to wait for a paint")
+PROVISIONAL_TILES = Counter(
+    "tileserver_provisional_tiles", "Tile requests answered with a provisional tile: still painting after the cold wait"
+)
 METATILES_PAINTED = Counter("tileserver_metatiles_painted", "Metatiles (2x2 tiles) painted by the model")
 MODEL_BATCHES = Counter("tileserver_model_batches", "Model calls; each paints a batch of metatiles")
 PAINT_SECONDS = Histogram(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
@@ -40,6 +41,9 @@ class Settings:
     tile_max_age: int = 31_536_000  # seconds, for URLs that carry the model revision
     unversioned_max_age: int = 3600
     hot_tiles_mb: int = 64  # recently served tiles kept in memory by each worker process; 0 turns it off
+    # Seconds a tile request waits for its paint before a provisional tile answers it (the paint goes on);
+    # under the 60 s timeout of common clients (QGIS). 0: wait until the tile is painted.
+    cold_wait: float = 20.0
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
@@ -61,6 +65,8 @@ class Settings:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.hot_tiles_mb < 0:
             raise ValueError(f"hot_tiles_mb must be at least 0, got {self.hot_tiles_mb}")
+        if not 0 <= self.cold_wait < math.inf:
+            raise ValueError(f"cold-wait must be a number of seconds, 0 or more, got {self.cold_wait}")
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.store is not None and not self.store.startswith(("postgresql://", "postgres://")):
@@ -103,6 +109,8 @@ def _convert(name: str, raw: str):
     if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads",
                 "workers", "hot_tiles_mb"):
         return int(raw)
+    if name == "cold_wait":
+        return float(raw)
     if name in ("cache_dir", "weights"):
         return Path(raw)
     if name == "worlds":
