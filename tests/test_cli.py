@@ -77,7 +77,7 @@ def test_settings_from_environment():
 def test_cold_wait_from_flag_and_environment(monkeypatch):
     from tileserver.cli import build_parser, settings_from_args
 
-    assert Settings().cold_wait == 20
+    assert Settings().cold_wait == 5
     assert Settings.from_env({"TILESERVER_COLD_WAIT": "2.5"}).cold_wait == 2.5
     monkeypatch.setenv("TILESERVER_COLD_WAIT", "7")
     assert settings_from_args(build_parser().parse_args(["serve"])).cold_wait == 7

@@ -86,20 +86,14 @@ class PaintQueue:
             self._job(world, tiles).kept = True
 
     def seconds_left(self, world: str, tiles: list[mercantile.Tile]) -> float | None:
-        """A rough estimate of the seconds until `tiles` are stored; None with nothing to go on yet.
-        Jobs take turns, so each batch this job still needs follows one batch of every other job
-        that has one left by then."""
+        """A rough estimate of the seconds until `tiles` are stored: the batches their plan still
+        needs, at the recent seconds per batch; None with nothing to go on yet. Other jobs' turns are
+        left out: the tiles of one view share most of their ancestors, so summing their plans would
+        count the same metatiles many times over."""
         job = self._jobs.get((world, tuple(tiles)))
         if job is None or job.metatiles_left is None or self._batch_seconds is None:
             return None
-
-        def batches(j: _Job) -> int:  # a job not planned yet counts as needing as many as this one
-            left = job.metatiles_left if j.metatiles_left is None else j.metatiles_left
-            return math.ceil(left / self.service.max_batch)
-
-        own = batches(job)
-        turns = sum(min(own, batches(other)) for other in self._jobs.values() if other.wanted or other is job)
-        return turns * self._batch_seconds
+        return math.ceil(job.metatiles_left / self.service.max_batch) * self._batch_seconds
 
     async def need(self, world: str, tiles: list[mercantile.Tile]) -> None:
         """Return once every tile in `tiles` of `world` is stored. Cancelling the wait (the client

@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="server processes on the port, each with its own model (default: 1)")
     serve.add_argument("--cold-wait", type=float, metavar="SECONDS",
                        help="answer a tile still being painted after this long with a provisional one (its "
-                       "ancestor upsampled, not cached) while the paint goes on; 0 waits for the paint (default: 20)")
+                       "ancestor upsampled, not cached) while the paint goes on; 0 waits for the paint (default: 5)")
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: it costs a cached tile a good part of its time; "
                        "/metrics counts requests by route and status)")

@@ -42,8 +42,10 @@ class Settings:
     unversioned_max_age: int = 3600
     hot_tiles_mb: int = 64  # recently served tiles kept in memory by each worker process; 0 turns it off
     # Seconds a tile request waits for its paint before a provisional tile answers it (the paint goes on);
-    # under the 60 s timeout of common clients (QGIS). 0: wait until the tile is painted.
-    cold_wait: float = 20.0
+    # 0: wait until the tile is painted. QGIS sends a view's tiles over 6 connections but times each
+    # from when it was queued (60 s), so a view of N cold tiles needs ceil(N / 6) x this under 60 s:
+    # 5 s covers 72 tiles.
+    cold_wait: float = 5.0
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
