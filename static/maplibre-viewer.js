@@ -5,6 +5,38 @@
   const state = Object.assign(viewer.state, { view: "maplibre" });
   const worlds = await viewer.worlds();
   const start = worlds.find((w) => w.name === viewer.hashParams().world) || worlds[0];
+
+  // Tiles go through a protocol of the viewer's own, so that their headers can be read. A provisional tile
+  // is handed to MapLibre as expiring after Retry-After: MapLibre then loads it again by itself (its
+  // refreshExpiredTiles), keeping it on screen meanwhile, and the retry gets the real tile.
+  const PROTOCOL = "tileviewer";
+  const retries = new Map(); // tile URL -> retries asked for so far (any world copy), while it is provisional
+  maplibregl.addProtocol(PROTOCOL, async (params, abortController) => {
+    const url = params.url.slice(`${PROTOCOL}://`.length);
+    const attempt = retries.get(url) || 0;
+    let answer;
+    try {
+      answer = await viewer.fetchTile(url, attempt, abortController.signal);
+    } catch (error) {
+      viewer.markProvisional(url, false);
+      // MapLibre knows a cancelled request by this message; anything else is a tile error.
+      throw abortController.signal.aborted ? new Error("AbortError") : error;
+    }
+    const { response, retryAfter } = answer;
+    const data = await response.arrayBuffer();
+    // MapLibre reads a tile's expiry only when both are given, and then from max-age.
+    const expiring = (seconds) => ({ cacheControl: `max-age=${seconds}`, expires: new Date(Date.now() + seconds * 1000).toUTCString() });
+    if (retryAfter !== null) {
+      retries.set(url, attempt + 1);
+      return { data, ...expiring(retryAfter) };
+    }
+    retries.delete(url);
+    // The real tile (or the last provisional one: patience is over) gets an expiry of its own: a tile that
+    // was provisional would otherwise keep the old one, now past, and be loaded again and again.
+    const maxAge = Number((/max-age=(\d+)/.exec(response.headers.get("Cache-Control") || "") || [])[1]);
+    return { data, ...expiring(maxAge || 3600) };
+  });
+
   const map = new maplibregl.Map({
     container: "map",
     style: {
@@ -16,6 +48,7 @@
     zoom: 1,
     hash: "map",
     attributionControl: { compact: false },
+    transformRequest: (url, resourceType) => (resourceType === "Tile" ? { url: `${PROTOCOL}://${url}` } : undefined),
   });
   map.addControl(new maplibregl.NavigationControl(), "top-left");
   map.on("error", (e) => {

@@ -3,8 +3,9 @@
 // Permalink: #map=ZOOM/LAT/LON&world=NAME (MapLibre's own hash format; its zoom counts 512 px tiles,
 // so a MapLibre zoom is the Leaflet zoom minus one, and the view switch converts).
 window.TileViewer = {
-  // What tests and scripts can read: set ready once the visible tiles have loaded.
-  state: { view: null, ready: false, errors: [], world: null },
+  // What tests and scripts can read: set ready once the visible tiles have loaded; provisional counts the
+  // tiles shown provisional now (waiting for the real one).
+  state: { view: null, ready: false, errors: [], world: null, provisional: 0 },
 
   async worlds() {
     const response = await fetch("worlds");
@@ -35,6 +36,42 @@ window.TileViewer = {
     const i = parts.findIndex((p) => p.startsWith(key + "="));
     if (i >= 0) parts[i] = entry; else parts.push(entry);
     history.replaceState(history.state, "", "#" + parts.join("&"));
+  },
+
+  // Provisional tiles: a tile still being painted when the server's cold wait ends comes as its ancestor
+  // upsampled, marked `X-Tile-Provisional: 1`, not cacheable, with `Retry-After`. Both views show it and
+  // ask again after that many seconds until the real tile comes, for PROVISIONAL_PATIENCE seconds at most
+  // per tile URL. Counted by URL, not by try: MapLibre shows one tile in each world copy, and each copy
+  // asks again by itself.
+  PROVISIONAL_PATIENCE: 600,
+  _provisional: new Map(), // tile URL shown provisional -> when it first was
+
+  // GET a tile: {response, retryAfter}, retryAfter being the seconds to wait before asking again for a
+  // provisional tile, null for a real one or once patience is over. A retry (`attempt` > 0) has a query
+  // parameter of its own, so that no cache on the way answers it with the provisional tile again.
+  async fetchTile(url, attempt, signal) {
+    const target = attempt ? `${url}${url.includes("?") ? "&" : "?"}retry=${attempt}` : url;
+    const response = await fetch(target, { signal });
+    if (!response.ok) throw new Error(`tile ${target}: HTTP ${response.status}`);
+    const provisional = response.headers.get("X-Tile-Provisional") === "1";
+    this.markProvisional(url, provisional);
+    const since = this._provisional.get(url);
+    if (!provisional || Date.now() - since > this.PROVISIONAL_PATIENCE * 1000) return { response, retryAfter: null };
+    return { response, retryAfter: Math.max(1, Number(response.headers.get("Retry-After")) || 5) };
+  },
+
+  markProvisional(url, provisional) {
+    if (!provisional) this._provisional.delete(url);
+    else if (!this._provisional.has(url)) this._provisional.set(url, Date.now());
+    this.state.provisional = this._provisional.size;
+  },
+
+  // Resolves after `seconds`, rejects once `signal` aborts.
+  sleep(seconds, signal) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(resolve, seconds * 1000);
+      signal.addEventListener("abort", () => { clearTimeout(timer); reject(signal.reason); }, { once: true });
+    });
   },
 
   MONTHS: ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",

@@ -27,6 +27,9 @@ from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
 from tests.live_server import LiveServer
 from tests.test_queue import GatedPainter, until
+from tests.test_real_clients import (  # noqa: F401  (browser: a fixture)
+    assert_clean_load, assert_region_matches, browser, needs_chromium, screenshot, tile_pixels,
+)
 from tileserver.app import create_app
 from tileserver.encode import encode
 from tileserver.settings import Settings
@@ -259,3 +262,53 @@ def test_the_provisional_counter_adds_up_over_worker_processes(tmp_path):
     for _ in range(2):  # two worker processes, one after the other
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert "tileserver_provisional_tiles_total 2.0" in out
+
+
+# ---------------------------------------------------------------- the viewer, in headless Chromium
+
+
+@needs_chromium
+@pytest.mark.parametrize("view,page", [("leaflet", "/#map=2/20/0&world=w"),
+                                       ("maplibre", "/maplibre#map=1/20/0&world=w")])
+def test_the_viewer_replaces_provisional_tiles(browser, served, view, page):  # noqa: F811
+    """The page shows provisional tiles while the painter is held, asks for them again once it runs,
+    and ends with the real tiles on screen, without a failed request."""
+    def state() -> dict:
+        return browser.execute_script("return window.TileViewer && window.TileViewer.state") or {}
+
+    browser.get("about:blank")
+    browser.get_log("browser"), browser.get_log("performance")  # drop what earlier pages left
+    served.live.access.clear()
+    browser.get(served.live.url + page)
+    until(lambda: state().get("provisional", 0) >= 4, "the view to show provisional tiles", timeout=120)
+    assert not state()["errors"]
+    screenshot(browser, f"{view}-provisional")
+
+    served.painter.allow(1000)
+    until(lambda: state()["provisional"] == 0 and state()["ready"], "the viewer to replace every provisional tile",
+          timeout=180)
+    time.sleep(0.5)  # Leaflet fades the new tile in; MapLibre draws on the next frame
+    assert_clean_load(browser, served.live, state())
+    retries = [e for e in served.live.access.snapshot() if "retry=" in e[1]]
+    assert retries and all(status == 200 for _, _, status in retries), retries
+
+    image = screenshot(browser, f"{view}-replaced")
+    if view == "leaflet":  # the screen at a tile's place is that tile
+        tiles = browser.execute_script(
+            "return [...document.querySelectorAll('img.leaflet-tile')].map(i => [i.dataset.url,"
+            " i.getBoundingClientRect().toJSON()])")
+        inside = [(url, r) for url, r in tiles if r["x"] >= 0 and r["y"] >= 90 and r["right"] <= 1024
+                  and r["bottom"] <= 768 - 60]
+        assert inside
+        for url, rect in inside[:3]:
+            expected = tile_pixels(served.live, url.removeprefix(served.live.url))
+            assert_region_matches(image, rect["x"], rect["y"], expected, tolerance=1.0)
+    else:  # tile 1/0/0 @2x at its place, found through MapLibre's projection
+        west, north = mercantile.ul(0, 0, 1)
+        x, y = browser.execute_script(f"const p = window.maplibreMap.project([{west}, {north}]); return [p.x, p.y]")
+        expected = tile_pixels(served.live, "/w/1/0/0@2x.png")
+        x, y = round(x), round(y)
+        top = max(0, 90 - y)
+        visible = expected[top : min(512, 768 - 60 - y), max(0, -x) : min(512, 1024 - x)]
+        assert visible.shape[0] > 200 and visible.shape[1] > 200, (x, y, visible.shape)
+        assert_region_matches(image, max(x, 0), y + top, visible, tolerance=6.0)

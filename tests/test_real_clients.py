@@ -185,7 +185,7 @@ def test_leaflet_view_shows_the_tiles(browser, server):
     assert_clean_load(browser, server, state)
     assert state["view"] == "leaflet" and state["world"] == "test"
     tiles = browser.execute_script(
-        "return [...document.querySelectorAll('img.leaflet-tile')].map(i => ({src: i.src, complete: i.complete,"
+        "return [...document.querySelectorAll('img.leaflet-tile')].map(i => ({src: i.dataset.url, complete: i.complete,"
         " w: i.naturalWidth, h: i.naturalHeight, loaded: i.classList.contains('leaflet-tile-loaded'),"
         " rect: i.getBoundingClientRect().toJSON()}))"
     )
@@ -242,7 +242,8 @@ def test_leaflet_view_on_a_high_dpi_screen(browser, server):
         state = open_view(browser, server, "/#map=2/20/0&world=test")
         assert_clean_load(browser, server, state)
         tiles = browser.execute_script(
-            "return [...document.querySelectorAll('img.leaflet-tile')].map(i => [i.src, i.naturalWidth, i.width])"
+            "return [...document.querySelectorAll('img.leaflet-tile')]"
+            ".map(i => [i.dataset.url, i.naturalWidth, i.width])"
         )
         assert tiles and all(
             "@2x.png?v=" in src and natural == 512 and width == 256 for src, natural, width in tiles
