@@ -16,14 +16,17 @@ import mercantile
 import numpy as np
 import torch
 
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
-from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, sample_stage
+from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_context, sample_stage
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
+ATLAS_PAINT_VERSION = "1"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
+REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 
 
 def default_halo(model: CascadeDenoiser) -> int:
@@ -54,6 +57,10 @@ class MetatilePainter:
         steps: solver steps per stage.
         device: torch device to paint on.
         halo: context in child pixels each side; defaults to the receptive radius.
+        atlas: the exemplar atlas whose reference each stage starts from (None: pure noise).
+        strength: with an atlas, the share of the solver's steps run from the noised reference.
+            `steps=0` (sampler ``reference``) paints the reference alone, back-projected onto the
+            parent: the model is not run.
     """
 
     def __init__(
@@ -64,29 +71,42 @@ class MetatilePainter:
         steps: int = 4,
         device: str | torch.device = "cpu",
         halo: int | None = None,
+        atlas: ExemplarAtlas | None = None,
+        strength: float = 0.5,
     ):
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+        if sampler == REFERENCE_ONLY:
+            steps = 0
+        if steps < 0 or (steps == 0 and atlas is None):
+            raise ValueError(f"steps must be at least 1 (0 only with an exemplar atlas), got {steps}")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.scheduler = make_scheduler(sampler, scheduler_config)
-        self.sampler, self.steps = sampler, steps
+        self.sampler, self.steps = (REFERENCE_ONLY, 0) if steps == 0 else (sampler, steps)
+        self.scheduler = None if steps == 0 else make_scheduler(sampler, scheduler_config)
+        self.atlas, self.strength = atlas, strength
         self.halo = default_halo(model) if halo is None else halo
         if self.halo % model.stride or self.halo // 2 + model.context_margin > TILE:
             # The parent window must stay within the parent's 3x3 neighbourhood of tiles.
             raise ValueError(f"halo {self.halo} must be a multiple of {model.stride} and at most "
                              f"{2 * (TILE - model.context_margin)}")
-        settings = f"{PAINT_VERSION}/{sampler}/{steps}/{self.halo}"
+        settings = f"{PAINT_VERSION}/{self.sampler}/{self.steps}/{self.halo}"
+        if atlas is not None:
+            settings += f"/atlas:{atlas.digest}/{ATLAS_PAINT_VERSION}/{strength if self.steps else ''}"
         self.revision = hashlib.sha256((model_digest(model) + settings).encode()).hexdigest()[:12]
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path = DEFAULT_WEIGHTS, sampler: str | None = None, steps: int | None = None, **kwargs
+        cls, path: str | Path = DEFAULT_WEIGHTS, sampler: str | None = None, steps: int | None = None,
+        atlas: str | Path | None = "default", **kwargs
     ) -> MetatilePainter:
         """Load weights saved by `save_pretrained`, their scheduler config and recommended sampling.
 
-        `sampler.json` beside the weights names the solver and step count chosen by evaluation;
-        explicit arguments override it.
+        `sampler.json` beside the weights names what evaluation chose: the solver and its steps,
+        whether the shipped exemplar atlas is used (`atlas`), the strength the model starts from
+        its reference at, and whether the reference alone is the default (`reference_only`).
+        Explicit arguments override it. `atlas` is a directory, "default" (what `sampler.json`
+        says) or None (no atlas).
         """
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -97,9 +117,18 @@ class MetatilePainter:
             recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
         except (OSError, ValueError, RuntimeError, KeyError) as error:  # damaged, truncated or foreign files
             raise ValueError(f"cannot load the model weights in {path}: {error}") from error
-        sampler = sampler or recommended.get("sampler", "dpmsolver++")
-        steps = steps or recommended.get("steps", 4)
-        return cls(model, config, sampler=sampler, steps=steps, **kwargs)
+        if sampler is None:
+            # The shipped default may be the atlas reference alone; asking for solver steps means the model.
+            reference_only = recommended.get("reference_only", False) and not steps
+            sampler = REFERENCE_ONLY if reference_only else recommended.get("sampler", "dpmsolver++")
+        if steps is None:
+            steps = 0 if sampler == REFERENCE_ONLY else recommended.get("steps", 4)
+        if atlas == "default":
+            atlas = DEFAULT_ATLAS if recommended.get("atlas", False) else None
+        if atlas is not None:
+            atlas = ExemplarAtlas(atlas)
+        kwargs.setdefault("strength", recommended.get("strength", 0.5))
+        return cls(model, config, sampler=sampler, steps=steps, atlas=atlas, **kwargs)
 
     def paint(
         self,
@@ -152,13 +181,46 @@ class MetatilePainter:
         parent_log2_mpp = np.stack([row_log2_mpp(zoom - 1, y, ph) for y in py0])
 
         halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
-        noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
-        log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
-        canvas = sample_stage(self.model, self.scheduler, parent_window, torch.from_numpy(parent_log2_mpp).to(self.device),
-                              torch.from_numpy(log2_mpp).to(self.device), noise, self.steps)
+        guide = None
+        if self.atlas is not None:
+            guide = self.reference(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, parent_window)
+        if self.steps == 0:
+            canvas = guide
+        else:
+            noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
+            log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
+            canvas = sample_stage(self.model, self.scheduler, parent_window,
+                                  torch.from_numpy(parent_log2_mpp).to(self.device),
+                                  torch.from_numpy(log2_mpp).to(self.device), noise, self.steps,
+                                  guide=guide, strength=self.strength)
 
         children = finish_stage(canvas, parent_window[..., m:-m, m:-m], h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def reference(
+        self,
+        seed: int,
+        zoom: int,
+        origins: Sequence[tuple[int, int]],
+        width: int,
+        height: int,
+        tile_pixels: Callable[[mercantile.Tile], np.ndarray],
+        parent_window: torch.Tensor,
+    ) -> torch.Tensor:
+        """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
+        the upsampled parent plus the exemplars' octave of detail."""
+        decoded: dict[mercantile.Tile, np.ndarray] = {}
+
+        def tile(t: mercantile.Tile) -> np.ndarray:
+            if t not in decoded:
+                decoded[t] = tile_pixels(t)
+            return decoded[t]
+
+        def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+            return read_window(z, x0, y0, w, h, tile)
+
+        detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read)[0] for x0, y0 in origins])
+        return (parent_context(self.model, parent_window) + torch.from_numpy(detail).to(self.device)).clamp(0, 1)
 
 
 def read_window(

@@ -120,6 +120,8 @@ def sample_stage(
     noise: torch.Tensor,
     steps: int,
     margin: int | None = None,
+    guide: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Paint child canvases from the parent under them.
 
@@ -134,6 +136,10 @@ def sample_stage(
         steps: number of solver steps.
         margin: the window's margin if not the model's `context_margin` (training only: painting
             with less context is not seamless).
+        guide: an image to start from instead of pure noise, (B, 3, H, W) in [0, 1] (the exemplar
+            reference): it is noised to the level of `strength` (1 is pure noise, as without a
+            guide) and the solver runs the remaining steps, as in SDEdit (arXiv 2108.01073).
+        strength: share of the solver's steps run from the noised guide.
 
     Returns:
         Child canvases in [0, 1], (B, 3, H, W).
@@ -142,9 +148,20 @@ def sample_stage(
     parent_up = parent_context(model, parent_window, margin)
     # 1. The context encoder reads the wide parent window once for all steps.
     context = model.encode_context(parent_window, parent_log2_mpp, margin)
-    # 2. x_T ~ N(0, I) scaled to the solver's initial sigma; the noise is drawn by the caller.
-    x = noise.to(parent_window.device, torch.float32) * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
+    noise = noise.to(parent_window.device, torch.float32)
+    timesteps = scheduler.timesteps
+    if guide is None:
+        # 2. x_T ~ N(0, I) scaled to the solver's initial sigma; the noise is drawn by the caller.
+        x = noise * scheduler.init_noise_sigma
+    else:
+        # 2. The guide's residual, noised to the step where the solver joins in.
+        begin = min(max(int(round(steps * (1 - strength))), 0), steps - 1)
+        timesteps = timesteps[begin:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        residual = (guide.to(parent_up) - parent_up) * model.config.residual_scale
+        x = scheduler.add_noise(residual, noise, timesteps[:1])
+    for t in timesteps:
         # 3. The model predicts v (arXiv 2202.00512) for the scaled residual at step t.
         model_in = scheduler.scale_model_input(x, t)
         out = model(model_in, t, parent_up, log2_mpp, context).float()

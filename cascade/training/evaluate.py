@@ -172,18 +172,27 @@ def run_stage(
     seed: int = 0,
     zoom: int = NOISE_ZOOM,
     indices: Sequence[int] | None = None,
+    guide: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """One 2x stage from parents (B, 3, p, p) in [0, 1] at child resolution `m_per_px` (B,).
 
-    `method` is ``model`` (sample_stage), ``bicubic`` or ``mean`` (`mean_prediction`). Noise is
+    `method` is ``model`` (sample_stage), ``bicubic``, ``mean`` (`mean_prediction`) or
+    ``reference`` (the `guide` alone). A `guide` (B, 3, 2p + 2 halo, 2p + 2 halo), the atlas
+    reference over the canvas, is what ``model`` starts from at `strength`. Noise is
     global-coordinate noise of fake zoom `zoom` in a separate window per patch (`indices`, global
     patch numbers, so results do not depend on batching). The centre is back-projected onto the
     parent. Returns float children (B, 3, 2p, 2p) in [0, 1] on the parent's device.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS + ("reference",):
+        raise ValueError(f"method must be one of {METHODS + ('reference',)}, got {method!r}")
     p_h, p_w = parent.shape[-2:]
-    if p_h % 8 or p_w % 8:
+    if method == "reference" or guide is not None:
+        if guide is None or guide.shape[-2:] != (2 * p_h + 2 * halo, 2 * p_w + 2 * halo):
+            raise ValueError("a guide over the whole canvas (2p + 2 halo) is needed here")
+    if method == "reference":
+        return finish_stage(guide, mirror_pad(parent, halo // 2), halo)
+    if (p_h % 8 or p_w % 8) and guide is None:
         # The model paints canvases on a 16 px grid: extend the parent by its mirror image, crop after.
         rows = _mirror_index(p_h, -(-p_h // 8) * 8, parent.device)
         cols = _mirror_index(p_w, -(-p_w // 8) * 8, parent.device)
@@ -203,7 +212,8 @@ def run_stage(
         log2_mpp = log2[:, None].expand(-1, height).contiguous()
         parent_log2_mpp = (log2 + 1)[:, None].expand(-1, window.shape[-2]).contiguous()
         if method == "model":
-            canvas = sample_stage(model, scheduler, window, parent_log2_mpp, log2_mpp, noise, steps)
+            canvas = sample_stage(model, scheduler, window, parent_log2_mpp, log2_mpp, noise, steps,
+                                  guide=guide, strength=strength)
         else:
             canvas = mean_prediction(model, train_scheduler, window, parent_log2_mpp, log2_mpp, noise)
     return finish_stage(canvas, mirror_pad(parent, halo // 2), halo)

@@ -44,6 +44,8 @@ from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
 from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain
 
+NOISE_ZOOM_ATLAS = 0  # atlas chains draw their noise at their true zoom
+
 log = logging.getLogger("cascade.training.realism")
 
 CROP = 128  # px of the crops compared
@@ -142,6 +144,86 @@ def real_chain(ev: Evaluator, sample: Sample, stages: int, sampler: str, steps: 
     return out
 
 
+# Where real chains of images without coordinates (UC Merced: US cities) are laid on the globe,
+# so that the atlas has a latitude to work at.
+DEFAULT_LAT_LON = (37.0, -120.0)
+
+
+class ChainWorld:
+    """What a real chain has painted so far, as the atlas reads it: each zoom's image at its global
+    pixel origin; zooms above the start are its area means; reads past the edges repeat the edge."""
+
+    def __init__(self):
+        self.levels: dict[int, tuple[int, int, np.ndarray]] = {}
+
+    def put(self, zoom: int, x0: int, y0: int, image: torch.Tensor) -> None:
+        self.levels[zoom] = (x0, y0, image[0].float().cpu().numpy())
+
+    def read(self, z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        if z not in self.levels:
+            finer = min(k for k in self.levels if k > z)
+            fx, fy, img = self.levels[finer]
+            f = 2 ** (finer - z)
+            c, hh, ww = img.shape
+            small = img[:, : hh // f * f, : ww // f * f].reshape(c, hh // f, f, ww // f, f).mean(axis=(2, 4))
+            self.levels[z] = (fx // f, fy // f, small)
+        ox, oy, img = self.levels[z]
+        rows = np.clip(np.arange(y0, y0 + h) - oy, 0, img.shape[1] - 1)
+        cols = np.clip(np.arange(x0, x0 + w) - ox, 0, img.shape[2] - 1)
+        return img[:, rows][:, :, cols]
+
+
+def atlas_chain(ev: Evaluator, atlas, sample: Sample, stages: int, sampler: str, steps: int,
+                strength: float, methods: tuple[str, ...]) -> dict[str, list[np.ndarray]]:
+    """Chains of `stages` stages with the exemplar atlas, laid at the sample's place on the globe:
+    ``reference`` (the atlas reference back-projected, no model) and ``reference + model`` (the
+    model started from the noised reference)."""
+    lat, lon = (sample.lat, sample.lon) if sample.lat is not None and sample.lon is not None else DEFAULT_LAT_LON
+    zoom = root_zoom_for(Sample(sample.place, sample.m_per_px, [], lat, lon))
+    kw = ev._kwargs(sampler, max(steps, 1))
+    out: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    for i, img in enumerate(sample.images):
+        real = torch.tensor(img).permute(2, 0, 1)[None].float() / 255
+        start = quantize(metrics.area_downsample(real, 2**stages).float())
+        centre = mercantile.tile(lon, lat, zoom)
+        grid = 2**stages * 16
+        x_end, y_end = (centre.x * 256) // grid * grid, (centre.y * 256) // grid * grid
+        for method in methods:
+            world = ChainWorld()
+            x = start
+            world.put(zoom - stages, x_end >> stages, y_end >> stages, x)
+            for s_ in range(1, stages + 1):
+                z = zoom - stages + s_
+                gx, gy = x_end >> (stages - s_), y_end >> (stages - s_)
+                x = quantize(_atlas_stage(ev, atlas, method, x, z, gx, gy, world,
+                                          torch.tensor([sample.m_per_px * 2.0 ** (stages - s_)]),
+                                          strength, indices=[i], **kw))
+                world.put(z, gx, gy, x)
+            out[method].append((x[0] * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    return out
+
+
+def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_per_px, strength, **kw):
+    """One stage of an atlas chain: the parent (padded by its mirror image to the model's 8 px grid)
+    upsampled, plus the atlas detail over the canvas at global pixel (x0, y0) of `zoom`."""
+    from cascade.training.evaluate import run_stage, stage_canvas
+    from cascade.training.train import mirror_pad
+
+    p_h, p_w = parent.shape[-2:]
+    pad_h, pad_w = -p_h % 8, -p_w % 8
+    if pad_h or pad_w:
+        padded = mirror_pad(parent, max(pad_h, pad_w))
+        m = max(pad_h, pad_w)
+        parent = padded[..., m:m + p_h + pad_h, m:m + p_w + pad_w]
+    h, w = parent.shape[-2:]
+    halo = kw["halo"]
+    detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read)
+    guide = (stage_canvas(parent, halo) + torch.from_numpy(detail)[None].to(parent)).clamp(0, 1)
+    name = "reference" if method == "reference" else "model"
+    y = run_stage(name, parent, m_per_px, guide=guide, strength=strength, zoom=NOISE_ZOOM_ATLAS + zoom, **kw)
+    return y[..., : 2 * p_h, : 2 * p_w]
+
+
 def root_zoom_for(sample: Sample) -> int:
     """The web zoom whose ground resolution at the sample's latitude is nearest its imagery's."""
     lat = math.radians(sample.lat or 0.0)
@@ -193,34 +275,56 @@ def kid_table(features: dict[str, dict[str, np.ndarray]], real: dict[str, np.nda
 
 def markdown(report: dict) -> str:
     methods = report["methods"]
-    head = " | ".join(methods)
+    judged = [m for m in methods if m != "bicubic"]
     lines = [
         f"Long chains vs real imagery held out by place: KID x1e3 (EfficientNet-Lite0 features, cubic kernel), "
         f"mean over the places of each band; lower is better. {report['stages']}-stage real chains "
-        f"({2 ** report['stages']}x zoom-in from downsampled real imagery), root chains painted by the server "
+        f"({2 ** report['stages']}x zoom-in from downsampled real imagery); *root:* chains are server tiles painted "
         "from the Blue Marble root; *real elsewhere* is real imagery of the other places of the band, the level "
-        "to reach.",
+        "to reach. The last columns divide each method's KID by real elsewhere (goal: at most 1.25).",
         "",
-        f"| band | places | {head} | real elsewhere | ratio (model / real elsewhere) |",
-        "|---|--:|" + "--:|" * len(methods) + "--:|--:|",
+        f"| band | places | {' | '.join(methods)} | real elsewhere | {' | '.join(m + ' / real' for m in judged)} |",
+        "|---|--:|" + "--:|" * (len(methods) + 1 + len(judged)),
     ]
     for row in report["kid"]:
         vals = " | ".join("–" if row.get(m) is None else f"{row[m]:.1f}" for m in methods)
         ref = row.get("real_elsewhere")
-        best = [row[m] for m in ("model", "root chain") if row.get(m) is not None]
-        ratio = f"{min(best) / ref:.2f}" if best and ref else "–"
-        lines.append(f"| {row['band']} | {len(row['places'])} | {vals} | {'–' if ref is None else f'{ref:.1f}'} | {ratio} |")
+        ratios = " | ".join(f"{row[m] / ref:.2f}" if row.get(m) is not None and ref else "–" for m in judged)
+        lines.append(f"| {row['band']} | {len(row['places'])} | {vals} | {'–' if ref is None else f'{ref:.1f}'} | {ratios} |")
     lines += ["", f"Wall time {report['seconds']:.0f} s on {report['machine']['device_name']}."]
     return "\n".join(lines) + "\n"
 
 
+REAL_METHODS = ("model", "bicubic", "reference", "reference + model")
+ROOT_METHODS = ("root: model", "root: reference", "root: reference + model")
+
+
 def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str | None = None,
         steps: int | None = None, device: str = "cpu", root_chains: bool = True, seed: int = 0,
-        max_places: int = 6) -> dict:
+        max_places: int = 6, atlas_dir: Path | None = None, strength: float | None = None,
+        root_methods: tuple[str, ...] = ROOT_METHODS) -> dict:
+    """Paint every chain, score it, write realism.json, realism.md and the pictures under `out`.
+
+    Methods: the model alone (no atlas; `sampler`/`steps`, default the shipped solver), bicubic,
+    the atlas reference alone, and the model started from the atlas reference at `strength`;
+    root chains with the same three painters (`root_methods`)."""
+    from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas
     from cascade.training.kid import FeatureExtractor
 
     t0 = time.perf_counter()
-    painter = MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, device=device)
+    recommended = json.loads((Path(weights) / "sampler.json").read_text()) if (Path(weights) / "sampler.json").is_file() else {}
+    sampler = sampler or recommended.get("sampler", "unipc")
+    steps = steps or recommended.get("steps", 8)
+    strength = strength or recommended.get("strength", 0.5)
+    atlas = ExemplarAtlas(atlas_dir or DEFAULT_ATLAS)
+    painters = {
+        "root: model": MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, atlas=None, device=device),
+        "root: reference": MetatilePainter.from_pretrained(weights, sampler="reference", atlas=atlas_dir or DEFAULT_ATLAS,
+                                                           device=device),
+        "root: reference + model": MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, device=device,
+                                                                   atlas=atlas_dir or DEFAULT_ATLAS, strength=strength),
+    }
+    painter = painters["root: model"]
     scheduler_config = json.loads((Path(weights) / "scheduler_config.json").read_text())
     ev = Evaluator(painter.model, scheduler_config, device=device, halo=painter.halo, seed=seed, batch_size=1)
     samples = held_out_samples(data_dir)
@@ -238,40 +342,45 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
 
     extractor = FeatureExtractor(device=device)
     real: dict[str, np.ndarray] = {}
-    feats: dict[str, dict[str, np.ndarray]] = {"model": {}, "bicubic": {}, "root chain": {}}
+    feats: dict[str, dict[str, np.ndarray]] = {m: {} for m in REAL_METHODS + tuple(root_methods)}
     bands: dict[str, str] = {}
     stats: dict[str, dict] = {}
-    service = _earth_service(painter, out / "root-cache") if root_chains else None
+    services = {m: _earth_service(painters[m], out / "root-cache") for m in root_methods} if root_chains else {}
     for s in chosen:
         key = f"{s.place} @ {s.m_per_px:.3g} m"
         bands[key] = s.band
         real_crops = crops(s.images)
         real[key] = extractor(real_crops)
         t = time.perf_counter()
-        painted = real_chain(ev, s, stages, painter.sampler, painter.steps)
+        painted = real_chain(ev, s, stages, sampler, steps)
+        painted.update(atlas_chain(ev, atlas, s, stages, sampler, steps, strength, ("reference", "reference + model")))
         for method, imgs in painted.items():
             feats[method][key] = extractor(crops(imgs))
-        g = torch.from_numpy(crops(painted["model"])).permute(0, 3, 1, 2).double() / 255
+        stats[key] = {"crops": len(real_crops), "band": s.band, "seconds": time.perf_counter() - t}
         r = torch.from_numpy(real_crops).permute(0, 3, 1, 2).double() / 255
-        stats[key] = {"swd": float(metrics.sliced_wasserstein(g, r, seed=seed)["mean"]),
-                      "hf_ratio": float(metrics.hf_energy_ratio(g, r)), "crops": len(real_crops),
-                      "band": s.band, "seconds": time.perf_counter() - t}
-        if service is not None and s.lat is not None and s.lon is not None:
+        for method in ("model", "reference", "reference + model"):
+            g = torch.from_numpy(crops(painted[method])).permute(0, 3, 1, 2).double() / 255
+            stats[key][method] = {"swd": float(metrics.sliced_wasserstein(g, r, seed=seed)["mean"]),
+                                  "hf_ratio": float(metrics.hf_energy_ratio(g, r))}
+        if services and s.lat is not None and s.lon is not None:
             zoom = root_zoom_for(s)
             if band_of_zoom(zoom) == s.band and 5 <= zoom <= 18:
-                t = time.perf_counter()
-                block = root_chain(service, "earth", s, zoom)
-                feats["root chain"][key] = extractor(crops([block]))
-                stats[key].update(root_zoom=zoom, root_seconds=time.perf_counter() - t)
-                _save(out / "realism" / f"{_slug(key)}-root-z{zoom}.png", block)
+                stats[key]["root_zoom"] = zoom
+                for method, service in services.items():
+                    t = time.perf_counter()
+                    block = root_chain(service, "earth", s, zoom)
+                    feats[method][key] = extractor(crops([block]))
+                    stats[key][f"{method} seconds"] = time.perf_counter() - t
+                    _save(out / "realism" / f"{_slug(key)}-{_slug(method)}-z{zoom}.png", block)
         _save(out / "realism" / f"{_slug(key)}-real.png", s.images[0])
-        _save(out / "realism" / f"{_slug(key)}-model.png", painted["model"][0])
-        _save(out / "realism" / f"{_slug(key)}-bicubic.png", painted["bicubic"][0])
-        log.info("%s (%s): SWD %.1f, HF ratio %.2f", key, s.band, stats[key]["swd"], stats[key]["hf_ratio"])
-    methods = ["model", "bicubic"] + (["root chain"] if feats["root chain"] else [])
+        for method, imgs in painted.items():
+            _save(out / "realism" / f"{_slug(key)}-{_slug(method)}.png", imgs[0])
+        log.info("%s (%s): %.0f s", key, s.band, stats[key]["seconds"])
+    methods = [m for m in feats if feats[m]]
     report = {
-        "stages": stages, "methods": methods, "weights": str(weights), "revision": painter.revision,
-        "sampler": painter.sampler, "steps": painter.steps, "places": stats,
+        "stages": stages, "methods": methods, "weights": str(weights), "atlas": str(atlas.path),
+        "revisions": {m: p.revision for m, p in painters.items()}, "sampler": sampler, "steps": steps,
+        "strength": strength, "places": stats,
         "kid": kid_table({m: feats[m] for m in methods}, real, bands, seed),
         "machine": machine_info(torch.device(device)), "seconds": time.perf_counter() - t0,
     }
@@ -314,13 +423,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--no-root-chains", action="store_true", help="skip painting from the Blue Marble root")
     p.add_argument("--max-places", type=int, default=6, help="places per band")
+    p.add_argument("--atlas", type=Path, help="exemplar atlas directory (default: the shipped one)")
+    p.add_argument("--strength", type=float, help="share of solver steps run from the noised reference")
+    p.add_argument("--root-methods", default=",".join(ROOT_METHODS),
+                   help=f"root chains to paint, comma-separated (of: {', '.join(ROOT_METHODS)})")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    root_methods = tuple(m.strip() for m in args.root_methods.split(",") if m.strip())
+    unknown = [m for m in root_methods if m not in ROOT_METHODS]
+    if unknown:
+        p.error(f"unknown root method(s) {unknown}; choose from {', '.join(ROOT_METHODS)}")
     report = run(args.data_dir, args.weights, args.out, args.stages, args.sampler, args.steps, args.device,
-                 not args.no_root_chains, args.seed, args.max_places)
+                 not args.no_root_chains, args.seed, args.max_places, args.atlas, args.strength, root_methods)
     print(markdown(report))
     return 0
 

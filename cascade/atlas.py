@@ -1,0 +1,484 @@
+"""Exemplar atlas: real imagery as the reference that each cascade stage paints towards.
+
+A denoiser small enough to train on a CPU cannot invent fields, roads and towns, so the detail of
+a painted tile comes from real training imagery. The atlas holds real images (each as a pyramid
+of area-downsampled octaves, never upsampled past its native resolution) grouped in **zoom
+bands**. For a canvas at zoom z the reference is rendered like this:
+
+1. Space is cut into cells: a jittered grid of feature points, `2**cells_log2` per world side for
+   the band of z, and each pixel belongs to the nearest point after a smooth noise warp of its
+   position (a Voronoi diagram with irregular borders). Everything is a pure function of the
+   world seed and global coordinates, so any canvas that covers a pixel renders it identically.
+2. Each cell is assigned one exemplar of its band, an offset into it and one of the 8 dihedral
+   orientations. The exemplar is the one whose colour statistics best match the world's own
+   imagery around the feature point at the zoom just above the band (`anchor_zoom`), which is
+   painted before any zoom of the band. Every zoom of a band therefore shows the same exemplar in
+   a cell: zooming in reveals the same fields and roads, sharper. A cell nothing matches well
+   (open ocean, say) adds no detail.
+3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
+   from the octaves around the needed resolution (trilinear). What a stage takes from it is one
+   octave of detail: the exemplar at the zoom's pixel size minus the exemplar at the parent's,
+   so cells bring texture, not colour, and two cells meet without a step, in a narrow fade
+   along the warped border.
+
+The stage's reference is the upsampled parent plus that detail; back-projection onto the parent
+(`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
+octave of the same exemplar, so a cell converges to its real image as one zooms in.
+
+The atlas is two files: `atlas.json` (bands, exemplars, descriptors, where each octave lies) and
+`atlas.bin` (the octaves as JPEG, concatenated). The blob is memory-mapped and octaves are
+decoded on first use into a small least-recently-used cache, so start-up is instant and memory
+stays bounded. `python -m cascade.training.build_atlas` makes both from the training split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_ATLAS = Path(__file__).parent / "atlas"
+ATLAS_FORMAT = 1
+EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0
+CACHE_BYTES = 192 << 20  # decoded octaves kept in memory
+
+# (zoom, x0, y0, width, height) -> float32 (3, height, width) in [0, 1]: the world's own pixels.
+WindowReader = Callable[[int, int, int, int, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Band:
+    """Zooms `top`..`bottom` share one set of cells and exemplars."""
+
+    name: str
+    top: int
+    bottom: int
+    cells_log2: int  # cells per world side = 2**cells_log2
+
+    @property
+    def anchor_zoom(self) -> int:
+        return max(self.top - 1, 0)
+
+    def cell_metres(self) -> float:
+        """Cell spacing at the equator."""
+        return EARTH_CIRCUMFERENCE_M / (1 << self.cells_log2)
+
+
+# Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
+# least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
+# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, 150 m of 1 m
+# imagery and OpenAerialMap at z15-z16 and 40 m of 0.3 m aerial photos below.
+BANDS = (
+    Band("continental", 5, 7, 7),
+    Band("regional", 8, 9, 11),
+    Band("landscape", 10, 11, 13),
+    Band("local", 12, 14, 15),
+    Band("district", 15, 16, 18),
+    Band("street", 17, 18, 20),
+)
+REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
+
+
+def band_of_zoom(zoom: int, bands: tuple[Band, ...] = BANDS) -> int:
+    """Index of the band that paints `zoom` (the first band above the root zooms, the last one
+    past the deepest)."""
+    for i, band in enumerate(bands):
+        if zoom <= band.bottom:
+            return i
+    return len(bands) - 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashing: the same integer hash as cascade.noise, in numpy uint32 (which wraps like C).
+
+def _hash(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+
+def _mix(state, value) -> np.ndarray:
+    v = (np.asarray(value, dtype=np.int64) + 0x9E3779B9) & 0xFFFFFFFF
+    return _hash(np.asarray(state, dtype=np.uint32) ^ v.astype(np.uint32))
+
+
+def cell_hash(seed: int, band: int, i, j, salt: int) -> np.ndarray:
+    """uint32 hash of one cell (or arrays of cells) for one purpose (`salt`)."""
+    state = _mix(_mix(_hash(np.uint32(seed & 0xFFFFFFFF)), band), salt)
+    return _mix(_mix(state, np.asarray(j, np.int64) & 0xFFFFFFFF), np.asarray(i, np.int64) & 0xFFFFFFFF)
+
+
+def _unit(h: np.ndarray) -> np.ndarray:
+    """uint32 hash to [0, 1)."""
+    return (h >> np.uint32(8)).astype(np.float64) / float(1 << 24)
+
+
+def value_noise(seed: int, band: int, salt: int, x: np.ndarray, y: np.ndarray, period: int) -> np.ndarray:
+    """Smooth noise in [-1, 1] on the integer lattice (x wraps every `period` lattice steps).
+
+    The lattice values are hashed once for the window's bounding box, then interpolated."""
+    ix, iy = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = x - ix, y - iy
+    sx, sy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+    x0, y0 = int(ix.min()), int(iy.min())
+    gi = np.arange(x0, int(ix.max()) + 2)
+    gj = np.arange(y0, int(iy.max()) + 2)
+    lattice = _unit(cell_hash(seed, band, (gi[None, :] % period), gj[:, None], salt)) * 2 - 1
+    ax, ay = ix - x0, iy - y0
+    top = lattice[ay, ax] * (1 - sx) + lattice[ay, ax + 1] * sx
+    bottom = lattice[ay + 1, ax] * (1 - sx) + lattice[ay + 1, ax + 1] * sx
+    return top * (1 - sy) + bottom * sy
+
+
+# ----------------------------------------------------------------------------------------------
+# Cells
+
+WARP = 0.3  # cells: how far the noise warp moves a border
+FADE = 0.04  # cells: half-width of the cross-fade between two cells (at least 1.5 px)
+JITTER = 0.8  # feature points lie in the middle 80% of their grid square
+
+
+def feature_points(seed: int, band: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature point of cell (i, j) in cell units (i within 0..cells-1)."""
+    fx = i + 0.5 + JITTER * (_unit(cell_hash(seed, band, i, j, 1)) - 0.5)
+    fy = j + 0.5 + JITTER * (_unit(cell_hash(seed, band, i, j, 2)) - 0.5)
+    return fx, fy
+
+
+def region_of(seed: int, band: int, cells: int, fx: float, fy: float) -> tuple[int, int]:
+    """The region (of about 4 x 4 cells) of a feature point: a coarse grid seen through a smooth
+    warp, so regions have irregular outlines rather than square ones."""
+    size = 1 << REGION_LOG2
+    x, y = np.array([fx / size]), np.array([fy / size])
+    period = max(cells // size, 1)
+    wx = x + 0.45 * value_noise(seed, band, 11, x * 2, y * 2, 2 * period)
+    wy = y + 0.45 * value_noise(seed, band, 12, x * 2, y * 2, 2 * period)
+    return int(np.floor(wx[0])) % period, int(np.floor(wy[0]))
+
+
+def nearest_cells(seed: int, band: int, cells: int, cu: np.ndarray, cv: np.ndarray):
+    """The two nearest feature points of noise-warped positions (in cell units).
+
+    Returns the first and second cell, (..., 2) int64 arrays of (i, j) with i wrapped into
+    0..cells-1, and the distance gap d2 - d1 (0 on a border)."""
+    wu = cu + WARP * (value_noise(seed, band, 3, cu * 2, cv * 2, 2 * cells)
+                      + 0.5 * value_noise(seed, band, 4, cu * 5, cv * 5, 5 * cells))
+    wv = cv + WARP * (value_noise(seed, band, 5, cu * 2, cv * 2, 2 * cells)
+                      + 0.5 * value_noise(seed, band, 6, cu * 5, cv * 5, 5 * cells))
+    bi, bj = np.floor(wu).astype(np.int64), np.floor(wv).astype(np.int64)
+    # Feature points of every cell the window can reach, hashed once.
+    i0, j0 = int(bi.min()) - 1, int(bj.min()) - 1
+    gi = np.arange(i0, int(bi.max()) + 2)
+    gj = np.arange(j0, int(bj.max()) + 2)
+    fx, fy = feature_points(seed, band, (gi[None, :] % cells), gj[:, None])
+    fx = fx - (gi[None, :] % cells) + gi[None, :]  # back to unwrapped columns
+    d1 = np.full(cu.shape, np.inf)
+    d2 = np.full(cu.shape, np.inf)
+    k1 = np.zeros(cu.shape, np.int64)  # flat index into the (gj, gi) grid
+    k2 = np.zeros(cu.shape, np.int64)
+    for dj in (-1, 0, 1):
+        for di in (-1, 0, 1):
+            a, b = bi + di - i0, bj + dj - j0
+            d = np.hypot(wu - fx[b, a], wv - fy[b, a])
+            k = b * len(gi) + a
+            closer = d < d1
+            second = ~closer & (d < d2)
+            d2 = np.where(closer, d1, np.where(second, d, d2))
+            k2 = np.where(closer, k1, np.where(second, k, k2))
+            d1 = np.where(closer, d, d1)
+            k1 = np.where(closer, k, k1)
+
+    def cell(k):
+        return np.stack([gi[k % len(gi)] % cells, gj[k // len(gi)]], -1)
+
+    return cell(k1), cell(k2), d2 - d1
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling exemplars
+
+def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
+    """Mirror-repeat indices into 0..n-1 (an exemplar continues as its mirror image)."""
+    idx = np.mod(idx, 2 * n)
+    return np.where(idx < n, idx, 2 * n - 1 - idx)
+
+
+def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample uint8 (h, w, 3) at continuous pixel coordinates (pixel i's centre at i + 0.5):
+    float32 (N, 3) in [0, 1]."""
+    h, w = img.shape[:2]
+    x, y = x - 0.5, y - 0.5
+    x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
+    fx, fy = (x - x0).astype(np.float32)[:, None], (y - y0).astype(np.float32)[:, None]
+    xa, xb = _reflect(x0, w), _reflect(x0 + 1, w)
+    ya, yb = _reflect(y0, h), _reflect(y0 + 1, h)
+    top = img[ya, xa].astype(np.float32) * (1 - fx) + img[ya, xb].astype(np.float32) * fx
+    bottom = img[yb, xa].astype(np.float32) * (1 - fx) + img[yb, xb].astype(np.float32) * fx
+    return (top * (1 - fy) + bottom * fy) / 255.0
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One real image of the atlas: its octaves and its colour descriptor."""
+
+    index: int
+    band: int
+    name: str
+    place: str
+    m_per_px: float  # of octave 0
+    levels: tuple[tuple[int, int, int, int], ...]  # (offset, length, width, height) per octave
+    mean: tuple[float, float, float]  # colour at the band's anchor scale, sRGB in [0, 1]
+    std: tuple[float, float, float]
+
+    @property
+    def width(self) -> int:
+        return self.levels[0][2]
+
+    @property
+    def height(self) -> int:
+        return self.levels[0][3]
+
+
+LAND_COVERS = ("water", "snow", "bare", "forest", "open")
+CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
+GAIN_RANGE = (0.5, 2.0)  # detail scales with brightness: anchor over exemplar, per channel
+
+
+def land_cover(rgb: np.ndarray) -> np.ndarray:
+    """A coarse land cover class (index into LAND_COVERS) from mean sRGB colours in [0, 1]:
+    the same rules for the world's own pixels and for the exemplars."""
+    rgb = np.asarray(rgb, np.float64)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    bright, spread = rgb.mean(-1), rgb.max(-1) - rgb.min(-1)
+    return np.select(
+        [b > np.maximum(r, g) + 0.02, (rgb.min(-1) > 0.55) & (spread < 0.15), (r > g + 0.02) & (bright > 0.25),
+         bright < 0.2],
+        [0, 1, 2, 3], default=4)
+
+
+def hazy(rgb: np.ndarray) -> np.ndarray:
+    """Bright and bluish-grey: haze, smoke or thin cloud over the land, not land cover itself."""
+    rgb = np.asarray(rgb, np.float64)
+    return (rgb[..., 2] > rgb[..., 0] + 0.05) & (rgb.mean(-1) > 0.45)
+
+
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    rgb = np.asarray(rgb, np.float64)
+    return rgb / np.maximum(rgb.sum(-1, keepdims=True), 1e-6)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    exemplar: Exemplar | None
+    turn: int  # dihedral orientation 0..7
+    offset: tuple[float, float]  # where the feature point lies in the exemplar, octave-0 pixels
+    cos_lat: float
+    gain: np.ndarray  # (3,) detail scale: the anchor's brightness over the exemplar's
+
+
+class ExemplarAtlas:
+    """A loaded atlas: `reference` renders what the real world would look like in a canvas."""
+
+    def __init__(self, path: str | Path = DEFAULT_ATLAS, cache_bytes: int = CACHE_BYTES):
+        path = Path(path)
+        meta_path, blob_path = path / "atlas.json", path / "atlas.bin"
+        if not meta_path.is_file() or not blob_path.is_file():
+            raise FileNotFoundError(f"no exemplar atlas in {path} (expected atlas.json and atlas.bin)")
+        text = meta_path.read_text()
+        try:
+            meta = json.loads(text)
+            if meta.get("format") != ATLAS_FORMAT:
+                raise ValueError(f"atlas format {meta.get('format')!r}, expected {ATLAS_FORMAT}")
+            self.bands = tuple(Band(**b) for b in meta["bands"])
+            self.exemplars = [
+                Exemplar(i, e["band"], e["name"], e["place"], e["m_per_px"], tuple(map(tuple, e["levels"])),
+                         tuple(e["mean"]), tuple(e["std"]))
+                for i, e in enumerate(meta["exemplars"])
+            ]
+            size = blob_path.stat().st_size
+            if meta["blob_bytes"] != size:
+                raise ValueError(f"atlas.bin has {size} bytes, atlas.json expects {meta['blob_bytes']}")
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"cannot load the exemplar atlas in {path}: {error}") from error
+        self.path = path
+        self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
+        # The JSON records the blob's SHA-256, so this digest names the pixels too.
+        self.digest = hashlib.sha256(text.encode()).hexdigest()
+        self._by_band = []
+        for b in range(len(self.bands)):
+            members = [e for e in self.exemplars if e.band == b]
+            means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
+            self._by_band.append((members, means, land_cover(means).reshape(-1)))
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, cache_bytes
+        self._lock = threading.Lock()
+
+    # -- octaves ---------------------------------------------------------------------------
+
+    def octave(self, exemplar: Exemplar, k: int) -> np.ndarray:
+        """Octave k of an exemplar as uint8 (h, w, 3), decoded once and kept while used."""
+        key = (exemplar.index, k)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        offset, length, width, height = exemplar.levels[k]
+        with Image.open(io.BytesIO(self.blob[offset:offset + length].tobytes())) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        if pixels.shape[:2] != (height, width):
+            raise ValueError(f"atlas octave {exemplar.name}/{k} is {pixels.shape[:2]}, expected {(height, width)}")
+        with self._lock:
+            self._cache[key] = pixels
+            self._cache_bytes += pixels.nbytes
+            while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
+        return pixels
+
+    # -- assignment ------------------------------------------------------------------------
+
+    def assign(self, seed: int, band: int, i: int, j: int, read: WindowReader) -> Assignment:
+        """The exemplar, orientation and offset of cell (i, j): a pure function of the seed, the
+        cell and the world's pixels at the band's anchor zoom around the cell's feature point.
+
+        The anchor's land cover picks the candidates (water gets no detail); among them the
+        region's ranking and the closeness of colour choose."""
+        spec = self.bands[band]
+        cells = 1 << spec.cells_log2
+        fx, fy = feature_points(seed, band, np.int64(i), np.int64(j))
+        za = spec.anchor_zoom
+        world = 256 << za
+        side = max(4, int(round(world / cells)))
+        cx, cy = float(fx) / cells * world, float(fy) / cells * world
+        window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
+        mean = window.reshape(3, -1).mean(1).astype(np.float64)
+        v = min(max(float(fy) / cells, 1e-6), 1 - 1e-6)
+        cos_lat = math.cos(math.atan(math.sinh(math.pi * (1 - 2 * v))))
+        members, means, covers = self._by_band[band]
+        cover = int(land_cover(mean))
+        candidates = np.flatnonzero(covers == cover) if cover != 0 else np.zeros(0, np.int64)
+        if cover != 0 and not len(candidates):
+            candidates = np.flatnonzero(covers != 0)
+        if not len(candidates):
+            return Assignment(None, 0, (0.0, 0.0), cos_lat, np.ones(3, np.float32))
+        # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
+        # show the same exemplar in the same orientation (other parts of it), unless colour differs.
+        ri, rj = region_of(seed, band, cells, float(fx), float(fy))
+        region_rank = _unit(cell_hash(seed, band, ri, rj, 100 + candidates))
+        chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
+        choice = members[int(candidates[np.argmin(region_rank + CHROMA_WEIGHT * chroma)])]
+        turn = int(cell_hash(seed, band, ri, rj, 8) % 8)
+        # Keep the cell's footprint inside the exemplar where it fits; centre it where it does not.
+        reach = 1.2 * spec.cell_metres() * cos_lat / choice.m_per_px
+        offsets = []
+        for n, salt in ((choice.width, 9), (choice.height, 10)):
+            free = n - 2 * reach
+            u = float(_unit(cell_hash(seed, band, i, j, salt)))
+            offsets.append(n / 2 if free <= 0 else reach + u * free)
+        gain = np.clip(mean / np.maximum(np.array(choice.mean), 1e-3), *GAIN_RANGE).astype(np.float32)
+        return Assignment(choice, turn, (offsets[0], offsets[1]), cos_lat, gain)
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def image(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
+              read: WindowReader) -> tuple[np.ndarray, np.ndarray]:
+        """What the exemplars themselves show in a window of `zoom` (as `detail`, but the whole
+        image, not one octave; for pictures and tests)."""
+        return self.detail(seed, zoom, x0, y0, width, height, read, whole=True)
+
+    def detail(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
+               read: WindowReader, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
+
+        Detail is the octave a stage adds: each cell's exemplar at this zoom's pixel size minus
+        the same at the parent's, so it carries no colour of its own; added to the upsampled
+        parent it makes the stage's reference. Returns float32 `(3, height, width)` detail and the
+        float32 `(height, width)` coverage, the share of each pixel that exemplars supplied (0
+        where no cell matched: no detail there).
+        """
+        band = band_of_zoom(zoom, self.bands)
+        spec = self.bands[band]
+        cells = 1 << spec.cells_log2
+        world = 256 << zoom
+        u = (x0 + np.arange(width) + 0.5) / world
+        v = (y0 + np.arange(height) + 0.5) / world
+        uu, vv = np.meshgrid(u, v)
+        c1, c2, gap = nearest_cells(seed, band, cells, uu * cells, vv * cells)
+        fade = max(FADE, 1.5 * cells / world)
+        w1 = np.clip(0.5 + gap / (2 * fade), 0.5, 1.0)
+        w1 = (w1 - 0.5) * 2
+        w1 = 0.5 + 0.5 * (w1 * w1 * (3 - 2 * w1))  # smoothstep from 0.5 at the border to 1 inside
+
+        out = np.zeros((height * width, 3), np.float32)
+        cover = np.zeros(height * width, np.float32)
+        keys = np.concatenate([c1.reshape(-1, 2), c2.reshape(-1, 2)])
+        weights = np.concatenate([w1.reshape(-1), 1 - w1.reshape(-1)]).astype(np.float32)
+        used = weights > 0
+        keys, weights = keys[used], weights[used]
+        pixel = np.concatenate([np.arange(height * width)] * 2)[used]
+        j_min = int(keys[:, 1].min())
+        code = (keys[:, 1] - j_min) * cells + keys[:, 0]
+        codes, inverse = np.unique(code, return_inverse=True)
+        cell_ids = np.stack([codes % cells, codes // cells + j_min], -1)
+        inverse = inverse.reshape(-1).astype(np.int32)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(len(cell_ids) + 1))
+        uf, vf = uu.reshape(-1), vv.reshape(-1)
+        for q, (i, j) in enumerate(cell_ids):
+            sel = order[bounds[q]:bounds[q + 1]]
+            a = self.assign(seed, band, int(i), int(j), read)
+            if a.exemplar is None:
+                continue
+            px = pixel[sel]
+            colour = self._sample(a, seed, band, int(i), int(j), cells, world, uf[px], vf[px], whole)
+            # A pixel appears once per cell (its first and second cells differ): no duplicates here.
+            out[px] += weights[sel, None] * (colour if whole else colour * a.gain)
+            cover[px] += weights[sel]
+        return out.reshape(height, width, 3).transpose(2, 0, 1).copy(), cover.reshape(height, width)
+
+    def _sample(self, a: Assignment, seed: int, band: int, i: int, j: int, cells: int, world: int,
+                u: np.ndarray, v: np.ndarray, whole: bool = False) -> np.ndarray:
+        """The exemplar's octave of detail at this zoom (its image at the pixel size minus its image
+        at twice the pixel size; the image alone if `whole`) at world positions (u, v): float32 (N, 3)."""
+        ex = a.exemplar
+        fx, fy = feature_points(seed, band, np.int64(i), np.int64(j))
+        du = (u - float(fx) / cells + 0.5) % 1.0 - 0.5  # across the antimeridian too
+        dv = v - float(fy) / cells
+        metres = EARTH_CIRCUMFERENCE_M * a.cos_lat  # per world width at this cell's latitude
+        ex_x, ex_y = du * metres / ex.m_per_px, dv * metres / ex.m_per_px
+        if a.turn & 4:
+            ex_x, ex_y = ex_y, ex_x
+        if a.turn & 1:
+            ex_x = -ex_x
+        if a.turn & 2:
+            ex_y = -ex_y
+        ex_x, ex_y = ex_x + a.offset[0], ex_y + a.offset[1]
+        footprint = metres / world / ex.m_per_px  # octave-0 pixels per output pixel
+        fine = self._at_scale(ex, ex_x, ex_y, footprint)
+        return fine if whole else fine - self._at_scale(ex, ex_x, ex_y, 2 * footprint)
+
+    def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
+        """The exemplar seen with pixels of `footprint` octave-0 pixels: trilinear between the two
+        octaves around it (never finer than octave 0)."""
+        top = len(ex.levels) - 1
+        level = min(max(math.log2(max(footprint, 1e-9)), 0.0), float(top))
+        k = min(int(level), max(top - 1, 0))
+        t = level - k
+        first = bilinear(self.octave(ex, k), x / 2**k, y / 2**k)
+        if t <= 1e-3 or top == 0:
+            return first
+        second = bilinear(self.octave(ex, k + 1), x / 2 ** (k + 1), y / 2 ** (k + 1))
+        return first * (1 - t) + second * t

@@ -1,0 +1,249 @@
+"""Build the exemplar atlas (`cascade.atlas`) from the training split of the imagery.
+
+    python -m cascade.training.build_atlas --data-dir DIR [--out cascade/atlas] [--budget-mb 46]
+
+For each zoom band of `cascade.atlas.BANDS` the pool is every training image (never the held-out
+places of `cascade.training.data.split_of`) that is sharp enough for the band's deepest zoom
+(native m/px at most 1.05x that zoom's equatorial resolution) and wide enough to fill a cell.
+Images are taken round-robin across image sets and places (so no single set swamps a band),
+until the band's share of the byte budget is spent. Each chosen image is cropped to its largest
+box free of no-data, centre-cropped to at most `MAX_SIDE` px, area-downsampled by whole octaves
+(never upsampled) from the finest octave the band needs to the coarsest, and each octave is
+stored as a JPEG in `atlas.bin`. `atlas.json` records the octaves and a colour descriptor (mean
+and standard deviation at the band's anchor scale) used to match cells to exemplars.
+
+The same inputs give byte-identical files (fixed seeds, sorted inputs, one JPEG encoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, hazy, land_cover
+from cascade.training.data import (
+    EQUATOR_M_PER_PX_Z0, ImageRecord, area_downsample_image, load_image, load_index, nodata_mask,
+)
+
+log = logging.getLogger("cascade.training.build_atlas")
+
+JPEG_QUALITY = 85
+MAX_SIDE = 1024
+STREET_MAX_SIDE = 512  # the street band has hundreds of small aerial photos: many, not large
+MIN_OCTAVE_SIDE = 8
+EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs off its edge
+# Share of the byte budget per band (in BANDS order): the finest and the Landsat bands have the
+# most variety to offer.
+BUDGET_SHARES = (0.20, 0.08, 0.12, 0.16, 0.12, 0.32)
+# Whole-Earth mosaics are the root itself; MODIS has no known scale.
+SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
+# UC Merced classes of single objects rather than land cover: a collage of them looks wrong.
+SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "storagetanks", "runway", "overpass",
+                            "harbor"})
+
+
+def equator_m_per_px(zoom: int) -> float:
+    return EQUATOR_M_PER_PX_Z0 / 2**zoom
+
+
+@dataclass
+class Candidate:
+    record: ImageRecord
+    band: int
+
+
+def eligible(rec: ImageRecord, band: Band, index: int) -> bool:
+    """Whether an image can serve a band: sharp enough for its deepest zoom, wide enough for two cells."""
+    if rec.split != "train" or rec.m_per_px is None or rec.group in SKIPPED_GROUPS or rec.place in SKIPPED_PLACES:
+        return False
+    if (rec.group == "bluemarble_tiles") != (index == 0):  # the Blue Marble tiles are the continental band
+        return False
+    if rec.m_per_px > 1.05 * equator_m_per_px(band.bottom):
+        return False
+    return min(rec.width, rec.height) * rec.m_per_px >= EXTENT_CELLS * band.cell_metres()
+
+
+def interleaved(candidates: list[ImageRecord], seed: int) -> list[ImageRecord]:
+    """Round-robin over image sets, then over places within a set, random order within a place."""
+    rng = np.random.default_rng(seed)
+    by_group: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for rec in sorted(candidates, key=lambda r: r.file):
+        by_group[rec.group][rec.place].append(rec)
+    group_orders = []
+    for group in sorted(by_group):
+        places = {p: [recs[i] for i in rng.permutation(len(recs))] for p, recs in sorted(by_group[group].items())}
+        order, depth = [], 0
+        while any(depth < len(v) for v in places.values()):
+            order += [v[depth] for v in places.values() if depth < len(v)]
+            depth += 1
+        group_orders.append(order)
+    out, depth = [], 0
+    while any(depth < len(o) for o in group_orders):
+        out += [o[depth] for o in group_orders if depth < len(o)]
+        depth += 1
+    return out
+
+
+def valid_box(img: np.ndarray) -> np.ndarray:
+    """The image cropped to a box without no-data regions (scene-edge wedges, missing mosaic tiles;
+    not the odd black pixel of deep water or shadow), shrinking greedily from the worst edge."""
+    _, mask = nodata_mask(img, regions=True)
+    if mask is None:
+        return img
+    y0, y1, x0, x1 = 0, img.shape[0], 0, img.shape[1]
+    while y1 - y0 > 1 and x1 - x0 > 1:
+        box = mask[y0:y1, x0:x1]
+        if not box.any():
+            break
+        edges = [box[0].sum(), box[-1].sum(), box[:, 0].sum(), box[:, -1].sum()]
+        worst = int(np.argmax(edges))
+        if worst == 0:
+            y0 += 1
+        elif worst == 1:
+            y1 -= 1
+        elif worst == 2:
+            x0 += 1
+        else:
+            x1 -= 1
+    return img[y0:y1, x0:x1]
+
+
+def octaves(img: np.ndarray, native: float, band: Band) -> tuple[float, list[np.ndarray]]:
+    """(m/px of octave 0, the octaves) for a band: from the finest the band's deepest zoom can
+    use at 60 degrees latitude to one past its top zoom at the equator."""
+    finest = 0.5 * equator_m_per_px(band.bottom)
+    k0 = 0
+    while native * 2 ** (k0 + 1) <= finest:
+        k0 += 1
+    base = _halve(img, k0)
+    h, w = base.shape[:2]
+    side = STREET_MAX_SIDE if band.name == "street" else MAX_SIDE
+    if max(h, w) > side:  # centre crop: keeps the resolution, bounds the bytes
+        ch, cw = min(h, side), min(w, side)
+        base = base[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+    g0 = native * 2**k0
+    levels = [base]
+    while g0 * 2 ** (len(levels) - 1) < equator_m_per_px(band.top) and min(levels[-1].shape[:2]) >= 2 * MIN_OCTAVE_SIDE:
+        levels.append(_halve(levels[-1], 1))
+    if min(levels[-1].shape[:2]) >= 2 * MIN_OCTAVE_SIDE:  # one more for the trilinear blend
+        levels.append(_halve(levels[-1], 1))
+    return g0, levels
+
+
+def _halve(img: np.ndarray, times: int) -> np.ndarray:
+    for _ in range(times):
+        h, w = img.shape[0] // 2 * 2, img.shape[1] // 2 * 2
+        img = area_downsample_image(img[:h, :w], (w // 2, h // 2))
+    return img
+
+
+def descriptor(img: np.ndarray, g0: float, band: Band) -> tuple[list[float], list[float]]:
+    """Mean and standard deviation of the colours at the band's anchor scale (mid-latitude)."""
+    anchor = 0.75 * equator_m_per_px(band.anchor_zoom)
+    factor = max(anchor / g0, 1.0)
+    h, w = img.shape[:2]
+    size = (max(2, int(w / factor)), max(2, int(h / factor)))
+    small = area_downsample_image(img, size) if size != (w, h) else img
+    px = small.reshape(-1, 3).astype(np.float64) / 255.0
+    return [round(float(v), 5) for v in px.mean(0)], [round(float(v), 5) for v in px.std(0)]
+
+
+def encode_jpeg(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    return buf.getvalue()
+
+
+def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, bands: tuple[Band, ...] = BANDS,
+          shares: tuple[float, ...] = BUDGET_SHARES, records: list[ImageRecord] | None = None) -> dict:
+    """Write `atlas.json` and `atlas.bin` under `out`; returns the JSON document."""
+    if len(shares) != len(bands):
+        raise ValueError(f"{len(bands)} bands need {len(bands)} budget shares, got {len(shares)}")
+    records = load_index(data_dir) if records is None else records
+    out.mkdir(parents=True, exist_ok=True)
+    blob = bytearray()
+    exemplars = []
+    for index, band in enumerate(bands):
+        budget = budget_mb * 1e6 * shares[index] / sum(shares)
+        pool = interleaved([r for r in records if eligible(r, band, index)], seed + index)
+        spent, taken = 0, 0
+        bar = tqdm(pool, desc=f"{band.name} z{band.top}-{band.bottom}", unit="img", leave=False, file=sys.stderr)
+        for rec in bar:
+            if spent >= budget:
+                break
+            img = valid_box(load_image(rec))
+            if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
+                continue  # mostly no-data
+            g0, levels = octaves(img, rec.m_per_px, band)
+            mean, std = descriptor(levels[0], g0, band)
+            if index > 0 and (land_cover(np.array(mean)) == 0 or hazy(np.array(mean))):
+                continue  # water gets no detail; haze and smoke are not land cover
+            encoded = [encode_jpeg(level) for level in levels]
+            entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
+                         source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std, levels=[])
+            for level, data in zip(levels, encoded):
+                entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
+                blob += data
+            exemplars.append(entry)
+            spent += sum(len(d) for d in encoded)
+            taken += 1
+        bar.close()
+        log.info("band %s: %d exemplars of %d eligible, %.1f MB", band.name, taken, len(pool), spent / 1e6)
+    (out / "atlas.bin").write_bytes(bytes(blob))
+    meta = dict(
+        format=ATLAS_FORMAT,
+        bands=[dict(name=b.name, top=b.top, bottom=b.bottom, cells_log2=b.cells_log2) for b in bands],
+        blob_bytes=len(blob),
+        blob_sha256=hashlib.sha256(blob).hexdigest(),
+        jpeg_quality=JPEG_QUALITY,
+        exemplars=exemplars,
+    )
+    (out / "atlas.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def summary(meta: dict, bands: tuple[Band, ...] = BANDS) -> str:
+    lines = ["| band | zooms | cell (equator) | exemplars | places | MB |", "|---|---|--:|--:|--:|--:|"]
+    for i, b in enumerate(bands):
+        ex = [e for e in meta["exemplars"] if e["band"] == i]
+        mb = sum(level[1] for e in ex for level in e["levels"]) / 1e6
+        cell = b.cell_metres()
+        size = f"{cell / 1000:.1f} km" if cell >= 1000 else f"{cell:.0f} m"
+        lines.append(f"| {b.name} | z{b.top}-{b.bottom} | {size} | {len(ex)} | {len({e['place'] for e in ex})} | {mb:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True, help="imagery directory with index.csv")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ATLAS, help="where atlas.json and atlas.bin go")
+    parser.add_argument("--budget-mb", type=float, default=46.0, help="bytes of JPEG octaves, all bands")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not (args.data_dir / "index.csv").is_file():
+        print(f"build_atlas: no index.csv in {args.data_dir}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    meta = build(args.data_dir, args.out, args.budget_mb, args.seed)
+    print(summary(meta))
+    print(f"{len(meta['exemplars'])} exemplars, {meta['blob_bytes'] / 1e6:.1f} MB in {args.out} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The exemplar atlas: its build, its pure-function cells, and painting with it (tiny atlas and model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mercantile
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, Band, band_of_zoom
+from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
+from cascade.roots import ProceduralRoot
+from cascade.sampler import training_scheduler
+from cascade.training.build_atlas import build
+from cascade.training.data import ImageRecord, split_of
+from tests.conftest import make_service, make_tiny_model
+
+# Two bands over a zoom-1 root: exemplars of 256 px at 15 km/px (z2-z3), 512 px at 2 km/px (z4-z6).
+BANDS = (Band("coarse", 2, 3, 5), Band("fine", 4, 6, 7))
+COLOURS = {"green": (70, 110, 60), "sand": (190, 160, 110), "snow": (235, 235, 240), "grey": (120, 120, 120)}
+
+
+def _texture(rng: np.random.Generator, size: int, colour) -> np.ndarray:
+    """Fields: blocks of slightly different tone with darker lines between, plus grain."""
+    blocks = rng.normal(0, 18, (size // 16 + 1, size // 16 + 1, 1))
+    img = np.kron(blocks, np.ones((16, 16, 1)))[:size, :size] + np.array(colour, float)
+    img[::16] -= 40
+    img[:, ::16] -= 40
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+def make_records(root: Path) -> list[ImageRecord]:
+    rng = np.random.default_rng(0)
+    records = []
+    for group, size, m_per_px in (("bluemarble_tiles", 256, 15000.0), ("landsat_30m", 512, 2000.0)):
+        for name, colour in COLOURS.items():
+            path = root / group / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_texture(rng, size, colour)).save(path)
+            records.append(ImageRecord(str(path), size, size, m_per_px, None, None, f"{group} {name}", "test", "train",
+                                       file=f"{group}/{name}.png"))
+    return records
+
+
+@pytest.fixture(scope="module")
+def tiny_atlas_dir(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("atlas")
+    build(tmp / "data", tmp / "atlas", budget_mb=5, bands=BANDS, shares=(1, 1), records=make_records(tmp / "data"))
+    return tmp / "atlas"
+
+
+@pytest.fixture(scope="module")
+def tiny_atlas(tiny_atlas_dir) -> ExemplarAtlas:
+    return ExemplarAtlas(tiny_atlas_dir)
+
+
+@pytest.fixture(scope="module")
+def root() -> ProceduralRoot:
+    return ProceduralRoot(seed=3, root_zoom=1)
+
+
+def world_reader(root: ProceduralRoot):
+    """Window reads from a world whose every zoom is a render of a procedural planet (standing in
+    for the stored ancestors)."""
+    from cascade.painter import read_window
+
+    deep = ProceduralRoot(seed=root.seed, root_zoom=6)
+
+    def read(z, x0, y0, w, h):
+        return read_window(z, x0, y0, w, h, lambda t: deep.render_tile(t.z, t.x, t.y))
+    return read
+
+
+def test_build_is_reproducible_and_memory_mapped(tiny_atlas_dir, tiny_atlas, tmp_path):
+    build(tmp_path / "data", tmp_path / "again", budget_mb=5, bands=BANDS, shares=(1, 1),
+          records=make_records(tmp_path / "data"))
+    for name in ("atlas.json", "atlas.bin"):
+        assert (tmp_path / "again" / name).read_bytes() == (tiny_atlas_dir / name).read_bytes()
+    assert isinstance(tiny_atlas.blob, np.memmap)
+    assert len(tiny_atlas.exemplars) == 8
+    for ex in tiny_atlas.exemplars:
+        # Octaves halve, never upsample: octave 0 is at most the native resolution.
+        sizes = [(w, h) for _, _, w, h in ex.levels]
+        assert all(b == (a[0] // 2, a[1] // 2) for a, b in zip(sizes, sizes[1:]))
+        assert tiny_atlas.octave(ex, len(ex.levels) - 1).shape == (sizes[-1][1], sizes[-1][0], 3)
+
+
+def test_damaged_atlas_is_refused(tiny_atlas_dir, tmp_path):
+    (tmp_path / "atlas.json").write_text((tiny_atlas_dir / "atlas.json").read_text())
+    (tmp_path / "atlas.bin").write_bytes((tiny_atlas_dir / "atlas.bin").read_bytes()[:-10])
+    with pytest.raises(ValueError, match="atlas.bin has"):
+        ExemplarAtlas(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        ExemplarAtlas(tmp_path / "missing")
+
+
+def land_reader(z, x0, y0, w, h):
+    """A land world whose colour drifts between green and sand with position."""
+    world = 256 << z
+    x = (np.arange(x0, x0 + w) % world) / world
+    y = np.arange(y0, y0 + h) / world
+    t = (0.5 + 0.5 * np.sin(2 * np.pi * 3 * x)[None, :] * np.cos(2 * np.pi * 2 * y)[:, None]).astype(np.float32)
+    green, sand = np.array(COLOURS["green"]) / 255, np.array(COLOURS["sand"]) / 255
+    return (green[:, None, None] * (1 - t) + sand[:, None, None] * t).astype(np.float32)
+
+
+@pytest.mark.parametrize("zoom", [3, 5])
+def test_reference_is_a_pure_function_of_global_coordinates(tiny_atlas, zoom):
+    read = land_reader
+    world = 256 << zoom
+    y0 = world // 2 - 128  # near the equator, where the exemplars are sharp enough for both zooms
+    big, big_cover = tiny_atlas.detail(3, zoom, -64, y0, 384, 256, read)  # crosses the antimeridian
+    part, part_cover = tiny_atlas.detail(3, zoom, 32, y0 + 64, 96, 64, read)
+    np.testing.assert_allclose(part, big[:, 64:128, 96:192], atol=1e-6)
+    np.testing.assert_allclose(part_cover, big_cover[64:128, 96:192], atol=1e-6)
+    wrapped, _ = tiny_atlas.detail(3, zoom, world - 64, y0, 64, 64, read)
+    np.testing.assert_allclose(wrapped, big[:, :64, :64], atol=1e-6)
+    assert big_cover.max() == pytest.approx(1.0)
+    # Detail, zero-mean: texture, not colour.
+    assert big.std(axis=(1, 2)).mean() > 0.01
+    assert np.abs(big.mean(axis=(1, 2))).max() < 0.01
+    other, _ = tiny_atlas.detail(4, zoom, -64, y0, 384, 256, read)
+    assert np.abs(other - big).mean() > 0.02, "another seed is another world"
+
+
+def flat(value):
+    """Window reads from a world of one colour."""
+    return lambda z, x0, y0, w, h: np.full((3, h, w), value, np.float32)
+
+
+def test_a_cell_keeps_its_exemplar_down_its_band(tiny_atlas):
+    # Zoom 6 area-averaged to zoom 5 shows the same imagery as zoom 5 (band "fine" is z4-z6).
+    read = flat(np.array([0.3, 0.42, 0.25], np.float32)[:, None, None])
+    fine, cover_fine = tiny_atlas.image(3, 6, 2048, 1024, 512, 512, read)
+    coarse, cover_coarse = tiny_atlas.image(3, 5, 1024, 512, 256, 256, read)
+    down = fine.reshape(3, 256, 2, 256, 2).mean(axis=(2, 4))
+    inside = (cover_coarse == 1) & (cover_fine.reshape(256, 2, 256, 2).min(axis=(1, 3)) == 1)
+    assert inside.mean() > 0.5
+    corr = np.corrcoef(down[:, inside].ravel(), coarse[:, inside].ravel())[0, 1]
+    assert corr > 0.9, corr
+    assert band_of_zoom(5, BANDS) == band_of_zoom(6, BANDS) == 1
+
+
+def test_cells_match_the_world_colour(tiny_atlas):
+    # Over a white world the snow exemplars match; over blue water only water would (none here).
+    white, cover = tiny_atlas.image(3, 5, 0, 0, 256, 256, flat(0.93))
+    assert cover.min() == 1.0 and white.mean() > 0.85
+    _, none = tiny_atlas.image(3, 5, 0, 0, 256, 256, flat(np.array([0.05, 0.1, 0.3], np.float32)[:, None, None]))
+    assert none.max() == 0.0
+
+
+def _painter(atlas, steps, strength=0.5):
+    return MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=steps, atlas=atlas,
+                           strength=strength)
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_atlas_tiles_are_seamless_and_consistent(tmp_path, tiny_atlas, root, steps):
+    service = make_service(tmp_path / "cache", _painter(tiny_atlas, steps), root)
+    z, x0, y0 = 4, 5, 3
+    block = [mercantile.Tile(x0 + dx, y0 + dy, z) for dy in (0, 1) for dx in (0, 1)]
+    assert len({mercantile.parent(t) for t in block}) == 4
+    for t in block[::-1]:
+        service.tile("test", t.z, t.x, t.y)
+    from tests.test_painter import psnr, stored_pixels
+    mosaic = np.zeros((512, 512, 3), np.uint8)
+    for t in block:
+        r, c = t.y - y0, t.x - x0
+        mosaic[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] = stored_pixels(service, t)
+    canvas = service.painter.paint_regions(3, z, [(256 * x0, 256 * y0)], 512, 512,
+                                           lambda t: service.world_pixels("test", t))[0]
+    diff = np.abs(canvas.astype(int) - mosaic.astype(int))
+    assert (diff <= 1).mean() >= 0.999, f"max diff {diff.max()}"
+    # Every 2x2 block averages to its parent pixel.
+    for t in block:
+        parent = mercantile.parent(t)
+        children = np.zeros((512, 512, 3))
+        for child in mercantile.children(parent):
+            r, c = child.y - 2 * parent.y, child.x - 2 * parent.x
+            children[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] = stored_pixels(service, child)
+        assert psnr(children.reshape(256, 2, 256, 2, 3).mean(axis=(1, 3)), service.world_pixels("test", parent)) >= 40
+    # The exemplar's detail is there: far more than in a bicubic zoom-in of the parents.
+    parents = np.zeros((512, 512, 3), np.uint8)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            tile = service.world_pixels("test", mercantile.Tile(x0 // 2 + dx, y0 // 2 + dy, z - 1))
+            parents[dy * 256:(dy + 1) * 256, dx * 256:(dx + 1) * 256] = tile
+    crop = parents[(y0 % 2) * 128:(y0 % 2) * 128 + 256, (x0 % 2) * 128:(x0 % 2) * 128 + 256]
+    bicubic = np.asarray(Image.fromarray(crop).resize((512, 512), Image.BICUBIC), float)
+
+    def detail(img):
+        return np.abs(np.diff(img.astype(float), axis=1)).mean()
+    assert detail(mosaic) > 1.3 * detail(bicubic), (detail(mosaic), detail(bicubic))
+
+
+def test_reference_only_needs_an_atlas_and_changes_the_revision(tiny_atlas):
+    config = dict(training_scheduler().config)
+    with pytest.raises(ValueError, match="atlas"):
+        MetatilePainter(make_tiny_model(), config, steps=0)
+    plain = MetatilePainter(make_tiny_model(), config, steps=2)
+    revisions = {plain.revision, _painter(tiny_atlas, 0).revision, _painter(tiny_atlas, 2).revision,
+                 _painter(tiny_atlas, 2, strength=0.75).revision}
+    assert len(revisions) == 4
+    only = MetatilePainter(make_tiny_model(), config, sampler="reference", atlas=tiny_atlas)
+    assert (only.sampler, only.steps) == ("reference", 0)
+
+
+def test_same_bytes_from_two_painters(tmp_path, tiny_atlas_dir, root):
+    out = []
+    for name in ("a", "b"):
+        service = make_service(tmp_path / name, _painter(ExemplarAtlas(tiny_atlas_dir), 0), root)
+        out.append(service.tile("test", 5, 9, 7))
+        service.store.close()
+    assert out[0] == out[1]
+
+
+def test_shipped_atlas_fits_the_budget_and_holds_no_held_out_place():
+    atlas = ExemplarAtlas(DEFAULT_ATLAS)
+    shipped = sum(p.stat().st_size for d in (DEFAULT_ATLAS, DEFAULT_WEIGHTS) for p in d.iterdir())
+    assert shipped <= 60e6, f"atlas + weights are {shipped / 1e6:.1f} MB"
+    assert {e.band for e in atlas.exemplars} == set(range(len(atlas.bands)))
+    for e in json.loads((DEFAULT_ATLAS / "atlas.json").read_text())["exemplars"]:
+        record = ImageRecord("", 0, 0, e["native_m_per_px"], e["lat"], e["lon"], e["region"], e["source"], "",
+                             file=e["name"])
+        assert split_of(record) == "train", e["name"]
+    # Octaves decode lazily: nothing is decoded until asked.
+    assert not atlas._cache
+    ex = atlas.exemplars[-1]
+    assert atlas.octave(ex, 0).shape == (ex.height, ex.width, 3)
