@@ -10,11 +10,14 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    position (a Voronoi diagram with irregular borders). Everything is a pure function of the
    world seed and global coordinates, so any canvas that covers a pixel renders it identically.
 2. Each cell is assigned one exemplar of its band, an offset into it and one of the 8 dihedral
-   orientations. The exemplar is the one whose colour statistics best match the world's own
-   imagery around the feature point at the zoom just above the band (`anchor_zoom`), which is
-   painted before any zoom of the band. Every zoom of a band therefore shows the same exemplar in
-   a cell: zooming in reveals the same fields and roads, sharper. A cell nothing matches well
-   (open ocean, say) adds no detail.
+   orientations. The candidates are the exemplars of the same coarse land cover (`land_cover`:
+   water, snow, bare ground, forest, open land) as the world's own imagery around the cell's
+   feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
+   zoom of the band; water cells get no detail. Among the candidates, all cells of a region
+   (about 4 x 4 cells, irregular outline) rank the exemplars alike and share an orientation, so
+   neighbours show other parts of the same exemplar; closeness of colour breaks the ranking.
+   Every zoom of a band shows the same exemplar in a cell: zooming in reveals the same fields
+   and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from the octaves around the needed resolution (trilinear). What a stage takes from it is one
    octave of detail: the exemplar at the zoom's pixel size minus the exemplar at the parent's,
@@ -26,7 +29,7 @@ The stage's reference is the upsampled parent plus that detail; back-projection 
 octave of the same exemplar, so a cell converges to its real image as one zooms in.
 
 The atlas is two files: `atlas.json` (bands, exemplars, descriptors, where each octave lies) and
-`atlas.bin` (the octaves as JPEG, concatenated). The blob is memory-mapped and octaves are
+`atlas.bin` (the octaves as JPEG, concatenated), shipped in `cascade/exemplars/`. The blob is memory-mapped and octaves are
 decoded on first use into a small least-recently-used cache, so start-up is instant and memory
 stays bounded. `python -m cascade.training.build_atlas` makes both from the training split.
 """
@@ -44,9 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-DEFAULT_ATLAS = Path(__file__).parent / "atlas"
+DEFAULT_ATLAS = Path(__file__).parent / "exemplars"
 ATLAS_FORMAT = 1
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0
 CACHE_BYTES = 192 << 20  # decoded octaves kept in memory
@@ -63,6 +68,7 @@ class Band:
     top: int
     bottom: int
     cells_log2: int  # cells per world side = 2**cells_log2
+    gain: float = 1.0  # scale of each stage's octave of exemplar detail
 
     @property
     def anchor_zoom(self) -> int:
@@ -75,15 +81,19 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, 150 m of 1 m
-# imagery and OpenAerialMap at z15-z16 and 40 m of 0.3 m aerial photos below.
+# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, and 75 m of
+# 0.15-0.3 m aerial mosaics at z15-z18. A band only rebuilds an exemplar over its own zooms (coarser
+# octaves come from the band above), so the deepest band is long: four octaves of one photo.
+# Each octave comes out weaker than in the exemplar (sampling between octaves, back-projection's
+# smooth rounds), so it is scaled by the band's gain: the value at which 4-stage real chains of
+# held-out imagery have the high-frequency energy of the real images (ratio about 1; measured at
+# 1, 1.75 and 2.5 per band, see README).
 BANDS = (
-    Band("continental", 5, 7, 7),
-    Band("regional", 8, 9, 11),
-    Band("landscape", 10, 11, 13),
-    Band("local", 12, 14, 15),
-    Band("district", 15, 16, 18),
-    Band("street", 17, 18, 20),
+    Band("continental", 5, 7, 7, gain=1.75),
+    Band("regional", 8, 9, 11, gain=2.5),
+    Band("landscape", 10, 11, 13, gain=1.75),
+    Band("local", 12, 14, 15, gain=1.5),
+    Band("fine", 15, 18, 19, gain=2.5),
 )
 REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
 
@@ -158,15 +168,15 @@ def feature_points(seed: int, band: int, i: np.ndarray, j: np.ndarray) -> tuple[
     return fx, fy
 
 
-def region_of(seed: int, band: int, cells: int, fx: float, fy: float) -> tuple[int, int]:
-    """The region (of about 4 x 4 cells) of a feature point: a coarse grid seen through a smooth
+def region_of(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The region (of about 4 x 4 cells) of feature points: a coarse grid seen through a smooth
     warp, so regions have irregular outlines rather than square ones."""
     size = 1 << REGION_LOG2
-    x, y = np.array([fx / size]), np.array([fy / size])
+    x, y = np.asarray(fx, np.float64) / size, np.asarray(fy, np.float64) / size
     period = max(cells // size, 1)
     wx = x + 0.45 * value_noise(seed, band, 11, x * 2, y * 2, 2 * period)
     wy = y + 0.45 * value_noise(seed, band, 12, x * 2, y * 2, 2 * period)
-    return int(np.floor(wx[0])) % period, int(np.floor(wy[0]))
+    return np.floor(wx).astype(np.int64) % period, np.floor(wy).astype(np.int64)
 
 
 def nearest_cells(seed: int, band: int, cells: int, cu: np.ndarray, cv: np.ndarray):
@@ -254,7 +264,6 @@ class Exemplar:
 
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
-GAIN_RANGE = (0.5, 2.0)  # detail scales with brightness: anchor over exemplar, per channel
 
 
 def land_cover(rgb: np.ndarray) -> np.ndarray:
@@ -286,7 +295,7 @@ class Assignment:
     turn: int  # dihedral orientation 0..7
     offset: tuple[float, float]  # where the feature point lies in the exemplar, octave-0 pixels
     cos_lat: float
-    gain: np.ndarray  # (3,) detail scale: the anchor's brightness over the exemplar's
+    feature: tuple[float, float]  # the cell's feature point, cell units
 
 
 class ExemplarAtlas:
@@ -350,46 +359,51 @@ class ExemplarAtlas:
 
     # -- assignment ------------------------------------------------------------------------
 
-    def assign(self, seed: int, band: int, i: int, j: int, read: WindowReader) -> Assignment:
-        """The exemplar, orientation and offset of cell (i, j): a pure function of the seed, the
+    def assign(self, seed: int, band: int, i: np.ndarray, j: np.ndarray, read: WindowReader,
+               zoom: int | None = None) -> list[Assignment]:
+        """The exemplar, orientation and offset of cells (i, j): a pure function of the seed, the
         cell and the world's pixels at the band's anchor zoom around the cell's feature point.
 
         The anchor's land cover picks the candidates (water gets no detail); among them the
-        region's ranking and the closeness of colour choose."""
+        region's ranking and the closeness of colour choose. Painting `zoom` above the band's top
+        (a world whose root is shallower than the band) reads the zoom above it instead."""
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
-        fx, fy = feature_points(seed, band, np.int64(i), np.int64(j))
-        za = spec.anchor_zoom
+        i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+        fx, fy = feature_points(seed, band, i, j)
+        za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        cx, cy = float(fx) / cells * world, float(fy) / cells * world
-        window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
-        mean = window.reshape(3, -1).mean(1).astype(np.float64)
-        v = min(max(float(fy) / cells, 1e-6), 1 - 1e-6)
-        cos_lat = math.cos(math.atan(math.sinh(math.pi * (1 - 2 * v))))
+        v = np.clip(fy / cells, 1e-6, 1 - 1e-6)
+        cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
         members, means, covers = self._by_band[band]
-        cover = int(land_cover(mean))
-        candidates = np.flatnonzero(covers == cover) if cover != 0 else np.zeros(0, np.int64)
-        if cover != 0 and not len(candidates):
-            candidates = np.flatnonzero(covers != 0)
-        if not len(candidates):
-            return Assignment(None, 0, (0.0, 0.0), cos_lat, np.ones(3, np.float32))
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
-        ri, rj = region_of(seed, band, cells, float(fx), float(fy))
-        region_rank = _unit(cell_hash(seed, band, ri, rj, 100 + candidates))
-        chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
-        choice = members[int(candidates[np.argmin(region_rank + CHROMA_WEIGHT * chroma)])]
-        turn = int(cell_hash(seed, band, ri, rj, 8) % 8)
-        # Keep the cell's footprint inside the exemplar where it fits; centre it where it does not.
-        reach = 1.2 * spec.cell_metres() * cos_lat / choice.m_per_px
-        offsets = []
-        for n, salt in ((choice.width, 9), (choice.height, 10)):
-            free = n - 2 * reach
-            u = float(_unit(cell_hash(seed, band, i, j, salt)))
-            offsets.append(n / 2 if free <= 0 else reach + u * free)
-        gain = np.clip(mean / np.maximum(np.array(choice.mean), 1e-3), *GAIN_RANGE).astype(np.float32)
-        return Assignment(choice, turn, (offsets[0], offsets[1]), cos_lat, gain)
+        ri, rj = region_of(seed, band, cells, fx, fy)
+        region_rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
+        turns = cell_hash(seed, band, ri, rj, 8) % 8
+        shifts = _unit(cell_hash(seed, band, i, j, 9)), _unit(cell_hash(seed, band, i, j, 10))
+        out = []
+        for k in range(len(i)):
+            cx, cy = fx[k] / cells * world, fy[k] / cells * world
+            window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
+            mean = window.reshape(3, -1).mean(1).astype(np.float64)
+            cover = int(land_cover(mean))
+            candidates = np.flatnonzero(covers == cover) if cover != 0 else np.zeros(0, np.int64)
+            if cover != 0 and not len(candidates):
+                candidates = np.flatnonzero(covers != 0)
+            feature = (float(fx[k]), float(fy[k]))
+            if not len(candidates):
+                out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
+                continue
+            chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
+            choice = members[int(candidates[np.argmin(region_rank[k, candidates] + CHROMA_WEIGHT * chroma)])]
+            # Keep the cell's footprint inside the exemplar where it fits; centre it where it does not.
+            reach = 1.2 * spec.cell_metres() * cos_lat[k] / choice.m_per_px
+            offsets = tuple(n / 2 if n <= 2 * reach else reach + float(u[k]) * (n - 2 * reach)
+                            for n, u in ((choice.width, shifts[0]), (choice.height, shifts[1])))
+            out.append(Assignment(choice, int(turns[k]), offsets, float(cos_lat[k]), feature))
+        return out
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -403,9 +417,10 @@ class ExemplarAtlas:
                read: WindowReader, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
 
-        Detail is the octave a stage adds: each cell's exemplar at this zoom's pixel size minus
-        the same at the parent's, so it carries no colour of its own; added to the upsampled
-        parent it makes the stage's reference. Returns float32 `(3, height, width)` detail and the
+        Detail is the octave a stage adds: each cell's exemplar E on this zoom's pixel grid minus
+        bicubic_up(area_down(E)), the cascade's own down and up steps, so it carries no colour of
+        its own; added to the upsampled parent it makes the stage's reference, and where the
+        parent is the same exemplar one zoom up the reference is the exemplar itself. Returns float32 `(3, height, width)` detail and the
         float32 `(height, width)` coverage, the share of each pixel that exemplars supplied (0
         where no cell matched: no detail there).
         """
@@ -436,27 +451,46 @@ class ExemplarAtlas:
         inverse = inverse.reshape(-1).astype(np.int32)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(cell_ids) + 1))
-        uf, vf = uu.reshape(-1), vv.reshape(-1)
-        for q, (i, j) in enumerate(cell_ids):
+        assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom)
+        for q, a in enumerate(assignments):
             sel = order[bounds[q]:bounds[q + 1]]
-            a = self.assign(seed, band, int(i), int(j), read)
             if a.exemplar is None:
                 continue
             px = pixel[sel]
-            colour = self._sample(a, seed, band, int(i), int(j), cells, world, uf[px], vf[px], whole)
+            rows, cols = px // width, px % width
+            if whole:
+                colour = self._sample(a, cells, world, u[cols], v[rows])
+            else:
+                colour = self._octave_detail(a, band, cells, world, x0, y0, rows, cols)
             # A pixel appears once per cell (its first and second cells differ): no duplicates here.
-            out[px] += weights[sel, None] * (colour if whole else colour * a.gain)
+            out[px] += weights[sel, None] * colour
             cover[px] += weights[sel]
         return out.reshape(height, width, 3).transpose(2, 0, 1).copy(), cover.reshape(height, width)
 
-    def _sample(self, a: Assignment, seed: int, band: int, i: int, j: int, cells: int, world: int,
-                u: np.ndarray, v: np.ndarray, whole: bool = False) -> np.ndarray:
-        """The exemplar's octave of detail at this zoom (its image at the pixel size minus its image
-        at twice the pixel size; the image alone if `whole`) at world positions (u, v): float32 (N, 3)."""
+    def _octave_detail(self, a: Assignment, band: int, cells: int, world: int, x0: int, y0: int,
+                       rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """One cell's exemplar E on this zoom's pixel grid minus bicubic_up(area_down(E)), at the
+        given canvas pixels: exactly the octave a stage adds to the upsampled parent, so a band's
+        zooms rebuild the exemplar octave by octave. float32 (N, 3)."""
+        m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
+        gx0 = (x0 + int(cols.min()) - m) // 2 * 2  # even, on the parent grid
+        gy0 = (y0 + int(rows.min()) - m) // 2 * 2
+        bw = -(-(x0 + int(cols.max()) + 1 + m - gx0) // 2) * 2
+        bh = -(-(y0 + int(rows.max()) + 1 + m - gy0) // 2) * 2
+        bu = (gx0 + np.arange(bw) + 0.5) / world
+        bv = (gy0 + np.arange(bh) + 0.5) / world
+        buu, bvv = np.meshgrid(bu, bv)
+        image = self._sample(a, cells, world, buu.reshape(-1), bvv.reshape(-1)).reshape(bh, bw, 3)
+        down = np.ascontiguousarray(image.reshape(bh // 2, 2, bw // 2, 2, 3).mean(axis=(1, 3)).transpose(2, 0, 1))
+        coarse = F.interpolate(torch.from_numpy(down)[None], scale_factor=2, mode="bicubic", align_corners=False)
+        r, c = y0 + rows - gy0, x0 + cols - gx0
+        return self.bands[band].gain * (image[r, c] - coarse[0].numpy().transpose(1, 2, 0)[r, c])
+
+    def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
         ex = a.exemplar
-        fx, fy = feature_points(seed, band, np.int64(i), np.int64(j))
-        du = (u - float(fx) / cells + 0.5) % 1.0 - 0.5  # across the antimeridian too
-        dv = v - float(fy) / cells
+        du = (u - a.feature[0] / cells + 0.5) % 1.0 - 0.5  # across the antimeridian too
+        dv = v - a.feature[1] / cells
         metres = EARTH_CIRCUMFERENCE_M * a.cos_lat  # per world width at this cell's latitude
         ex_x, ex_y = du * metres / ex.m_per_px, dv * metres / ex.m_per_px
         if a.turn & 4:
@@ -467,8 +501,7 @@ class ExemplarAtlas:
             ex_y = -ex_y
         ex_x, ex_y = ex_x + a.offset[0], ex_y + a.offset[1]
         footprint = metres / world / ex.m_per_px  # octave-0 pixels per output pixel
-        fine = self._at_scale(ex, ex_x, ex_y, footprint)
-        return fine if whole else fine - self._at_scale(ex, ex_x, ex_y, 2 * footprint)
+        return self._at_scale(ex, ex_x, ex_y, footprint)
 
     def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
         """The exemplar seen with pixels of `footprint` octave-0 pixels: trilinear between the two

@@ -117,14 +117,15 @@ class MetatilePainter:
             recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
         except (OSError, ValueError, RuntimeError, KeyError) as error:  # damaged, truncated or foreign files
             raise ValueError(f"cannot load the model weights in {path}: {error}") from error
+        if atlas == "default":
+            atlas = DEFAULT_ATLAS if recommended.get("atlas", False) else None
         if sampler is None:
-            # The shipped default may be the atlas reference alone; asking for solver steps means the model.
-            reference_only = recommended.get("reference_only", False) and not steps
+            # The shipped default may be the atlas reference alone; asking for solver steps, or for no
+            # atlas, means the model.
+            reference_only = recommended.get("reference_only", False) and not steps and atlas is not None
             sampler = REFERENCE_ONLY if reference_only else recommended.get("sampler", "dpmsolver++")
         if steps is None:
             steps = 0 if sampler == REFERENCE_ONLY else recommended.get("steps", 4)
-        if atlas == "default":
-            atlas = DEFAULT_ATLAS if recommended.get("atlas", False) else None
         if atlas is not None:
             atlas = ExemplarAtlas(atlas)
         kwargs.setdefault("strength", recommended.get("strength", 0.5))

@@ -53,8 +53,14 @@ def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> 
                        "as NAME-01..NAME-12), NAME=procedural:SEED or NAME=image:PATH, optionally ',seed=N'; "
                        "repeatable (default: earth and one procedural world)")
     p.add_argument("--device", help="cpu or cuda (default: cpu)")
-    p.add_argument("--steps", type=int, help="solver steps per zoom (default: the value shipped with the weights)")
-    p.add_argument("--sampler", choices=("dpmsolver++", "unipc", "ddim"), help="solver (default: shipped with the weights)")
+    p.add_argument("--steps", type=int, help="solver steps per zoom, 0 for the atlas reference alone (default: the "
+                   "value shipped with the weights)")
+    p.add_argument("--sampler", choices=("dpmsolver++", "unipc", "ddim", "reference"),
+                   help="solver, or 'reference' for the exemplar atlas alone, no model (default: shipped with the weights)")
+    p.add_argument("--atlas", metavar="DIR|none", help="exemplar atlas directory, or 'none' to paint with the model "
+                   "alone (default: the shipped atlas, where the weights recommend it)")
+    p.add_argument("--strength", type=float, help="with an atlas and solver steps: the share of steps run from the "
+                   "noised atlas reference, in (0, 1] (default: shipped with the weights)")
     p.add_argument("--weights", type=Path, help="model directory (default: the shipped weights)")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
     p.add_argument("--maxzoom", type=int, help="deepest zoom served (default: 18)")
@@ -75,6 +81,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         device=args.device,
         steps=args.steps,
         sampler=args.sampler,
+        atlas=args.atlas,
+        strength=args.strength,
         weights=args.weights,
         threads=args.threads,
         maxzoom=args.maxzoom,

@@ -31,8 +31,10 @@ class Settings:
     worlds: tuple[str, ...] = DEFAULT_WORLDS
     device: str = "cpu"
     weights: Path = DEFAULT_WEIGHTS
-    sampler: str | None = None  # None: the sampler recommended with the weights
-    steps: int | None = None  # None: the step count recommended with the weights
+    sampler: str | None = None  # None: the sampler recommended with the weights; "reference": the atlas alone
+    steps: int | None = None  # None: the step count recommended with the weights; 0: the atlas reference alone
+    atlas: str | None = None  # exemplar atlas directory, or "none"; None: as recommended with the weights
+    strength: float | None = None  # share of solver steps run from the noised atlas reference; None: recommended
     minzoom: int = 0
     maxzoom: int = 18
     threads: int | None = None  # torch CPU threads; None leaves torch's default
@@ -61,8 +63,10 @@ class Settings:
             raise ValueError(f"max-age must not be negative, got {self.tile_max_age} and {self.unversioned_max_age}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+        if self.steps is not None and self.steps < 0:
+            raise ValueError(f"steps must be at least 0 (0: the atlas reference alone), got {self.steps}")
+        if self.strength is not None and not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.hot_tiles_mb < 0:
@@ -111,7 +115,7 @@ def _convert(name: str, raw: str):
     if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads",
                 "workers", "hot_tiles_mb"):
         return int(raw)
-    if name == "cold_wait":
+    if name in ("cold_wait", "strength"):
         return float(raw)
     if name in ("cache_dir", "weights"):
         return Path(raw)

@@ -42,12 +42,11 @@ log = logging.getLogger("cascade.training.build_atlas")
 
 JPEG_QUALITY = 85
 MAX_SIDE = 1024
-STREET_MAX_SIDE = 512  # the street band has hundreds of small aerial photos: many, not large
 MIN_OCTAVE_SIDE = 8
 EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs off its edge
 # Share of the byte budget per band (in BANDS order): the finest and the Landsat bands have the
 # most variety to offer.
-BUDGET_SHARES = (0.20, 0.08, 0.12, 0.16, 0.12, 0.32)
+BUDGET_SHARES = (0.25, 0.08, 0.12, 0.15, 0.40)
 # Whole-Earth mosaics are the root itself; MODIS has no known scale.
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
 # UC Merced classes of single objects rather than land cover: a collage of them looks wrong.
@@ -130,7 +129,7 @@ def octaves(img: np.ndarray, native: float, band: Band) -> tuple[float, list[np.
         k0 += 1
     base = _halve(img, k0)
     h, w = base.shape[:2]
-    side = STREET_MAX_SIDE if band.name == "street" else MAX_SIDE
+    side = MAX_SIDE
     if max(h, w) > side:  # centre crop: keeps the resolution, bounds the bytes
         ch, cw = min(h, side), min(w, side)
         base = base[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
@@ -189,8 +188,10 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue  # mostly no-data
             g0, levels = octaves(img, rec.m_per_px, band)
             mean, std = descriptor(levels[0], g0, band)
-            if index > 0 and (land_cover(np.array(mean)) == 0 or hazy(np.array(mean))):
-                continue  # water gets no detail; haze and smoke are not land cover
+            if index > 0 and land_cover(np.array(mean)) == 0:
+                continue  # water gets no detail
+            if index > 0 and rec.m_per_px >= 10 and hazy(np.array(mean)):
+                continue  # haze and smoke over satellite scenes are not land cover
             encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std, levels=[])
@@ -205,7 +206,7 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
     (out / "atlas.bin").write_bytes(bytes(blob))
     meta = dict(
         format=ATLAS_FORMAT,
-        bands=[dict(name=b.name, top=b.top, bottom=b.bottom, cells_log2=b.cells_log2) for b in bands],
+        bands=[dict(name=b.name, top=b.top, bottom=b.bottom, cells_log2=b.cells_log2, gain=b.gain) for b in bands],
         blob_bytes=len(blob),
         blob_sha256=hashlib.sha256(blob).hexdigest(),
         jpeg_quality=JPEG_QUALITY,

@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     device = torch.device(args.device)
 
-    recommended = MetatilePainter.from_pretrained(args.weights, device="cpu")  # reads sampler.json
+    # The model's own solver (sampler.json); these tables measure the model, not the atlas.
+    recommended = MetatilePainter.from_pretrained(args.weights, device="cpu", atlas=None)
     samplers = args.samplers or [recommended.sampler]
     steps_list = args.steps or [recommended.steps]
     unknown = [name for name in samplers if name not in SAMPLERS]
