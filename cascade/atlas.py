@@ -19,19 +19,21 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    Every zoom of a band shows the same exemplar in a cell: zooming in reveals the same fields
    and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
-   from the octaves around the needed resolution (trilinear). What a stage takes from it is one
-   octave of detail: the exemplar at the zoom's pixel size minus the exemplar at the parent's,
-   so cells bring texture, not colour, and two cells meet without a step, in a narrow fade
-   along the warped border.
+   from the octaves around the needed resolution (trilinear) on the zoom's pixel grid. What a
+   stage takes from it is one octave of detail, E - bicubic_up(area_down(E)) (the cascade's own
+   down and up steps) times the band's gain, so cells bring texture, not colour, and two cells
+   meet without a step, in a narrow fade along the warped border.
 
 The stage's reference is the upsampled parent plus that detail; back-projection onto the parent
 (`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
-octave of the same exemplar, so a cell converges to its real image as one zooms in.
+octave of the same exemplar, so a cell rebuilds its real image as one zooms in; structure coarser
+than the band's top zoom comes from the band above.
 
-The atlas is two files: `atlas.json` (bands, exemplars, descriptors, where each octave lies) and
-`atlas.bin` (the octaves as JPEG, concatenated), shipped in `cascade/exemplars/`. The blob is memory-mapped and octaves are
-decoded on first use into a small least-recently-used cache, so start-up is instant and memory
-stays bounded. `python -m cascade.training.build_atlas` makes both from the training split.
+The atlas is two files, shipped in `cascade/exemplars/`: `atlas.json` (bands, exemplars,
+descriptors, where each octave lies) and `atlas.bin` (the octaves as JPEG, concatenated). The blob
+is memory-mapped and octaves are decoded on first use into a small least-recently-used cache, so
+start-up is instant and memory stays bounded. `python -m cascade.training.build_atlas` makes both
+from the training split.
 """
 
 from __future__ import annotations
@@ -282,6 +284,15 @@ def hazy(rgb: np.ndarray) -> np.ndarray:
     """Bright and bluish-grey: haze, smoke or thin cloud over the land, not land cover itself."""
     rgb = np.asarray(rgb, np.float64)
     return (rgb[..., 2] > rgb[..., 0] + 0.05) & (rgb.mean(-1) > 0.45)
+
+
+def soft_add(base: np.ndarray | "torch.Tensor", detail, margin: float = 0.02):
+    """base + detail, with detail compressed (tanh) to the room between base and 0 or 1: the sum
+    stays inside (0, 1), so no pixel clips to black or white and back-projection stays exact."""
+    lib = torch if isinstance(base, torch.Tensor) else np
+    room = lib.where(detail > 0, 1 - margin - base, base - margin)
+    room = room.clamp(min=1e-3) if lib is torch else np.maximum(room, 1e-3)
+    return base + room * lib.tanh(detail / room)
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:

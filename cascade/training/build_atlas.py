@@ -160,6 +160,11 @@ def descriptor(img: np.ndarray, g0: float, band: Band) -> tuple[list[float], lis
     return [round(float(v), 5) for v in px.mean(0)], [round(float(v), 5) for v in px.std(0)]
 
 
+def cloudy(img: np.ndarray, share: float = 0.02) -> bool:
+    """Whether more than `share` of the pixels are near-white: clouds, on ground that is not snow."""
+    return float((img.min(axis=-1) > 215).mean()) > share
+
+
 def encode_jpeg(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -192,6 +197,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue  # water gets no detail
             if index > 0 and rec.m_per_px >= 10 and hazy(np.array(mean)):
                 continue  # haze and smoke over satellite scenes are not land cover
+            if index > 0 and rec.m_per_px >= 10 and land_cover(np.array(mean)) != 1 and cloudy(levels[0]):
+                continue  # clouds over satellite scenes (white specks off snowy ground) are not land cover
             encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std, levels=[])

@@ -42,6 +42,7 @@ import torch
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
+from cascade.atlas import soft_add
 from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain
 
 NOISE_ZOOM_ATLAS = 0  # atlas chains draw their noise at their true zoom
@@ -218,7 +219,8 @@ def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_p
     h, w = parent.shape[-2:]
     halo = kw["halo"]
     detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read)
-    guide = (stage_canvas(parent, halo) + torch.from_numpy(detail)[None].to(parent)).clamp(0, 1)
+    canvas = stage_canvas(parent, halo)
+    guide = soft_add(canvas, torch.from_numpy(detail)[None].to(canvas))
     name = "reference" if method == "reference" else "model"
     y = run_stage(name, parent, m_per_px, guide=guide, strength=strength, zoom=NOISE_ZOOM_ATLAS + zoom, **kw)
     return y[..., : 2 * p_h, : 2 * p_w]
@@ -302,7 +304,7 @@ ROOT_METHODS = ("root: model", "root: reference", "root: reference + model")
 def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str | None = None,
         steps: int | None = None, device: str = "cpu", root_chains: bool = True, seed: int = 0,
         max_places: int = 6, atlas_dir: Path | None = None, strength: float | None = None,
-        root_methods: tuple[str, ...] = ROOT_METHODS) -> dict:
+        root_methods: tuple[str, ...] = ROOT_METHODS, bands_only: tuple[str, ...] = ()) -> dict:
     """Paint every chain, score it, write realism.json, realism.md and the pictures under `out`.
 
     Methods: the model alone (no atlas; `sampler`/`steps`, default the shipped solver), bicubic,
@@ -337,7 +339,8 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     per_band: dict[str, list[Sample]] = defaultdict(list)
     for (_, band), s in sorted(best.items()):
         per_band[band].append(s)
-    chosen = [s for band in per_band for s in sorted(per_band[band], key=lambda s: -sum(i.size for i in s.images))[:max_places]]
+    chosen = [s for band in per_band if not bands_only or band in bands_only
+              for s in sorted(per_band[band], key=lambda s: -sum(i.size for i in s.images))[:max_places]]
     log.info("%d held-out (place, scale) samples in bands %s", len(chosen), sorted({s.band for s in chosen}))
 
     extractor = FeatureExtractor(device=device)
@@ -425,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-places", type=int, default=6, help="places per band")
     p.add_argument("--atlas", type=Path, help="exemplar atlas directory (default: the shipped one)")
     p.add_argument("--strength", type=float, help="share of solver steps run from the noised reference")
+    p.add_argument("--bands", default="", help="only these bands, comma-separated (e.g. z5-7,z11-13)")
     p.add_argument("--root-methods", default=",".join(ROOT_METHODS),
                    help=f"root chains to paint, comma-separated (of: {', '.join(ROOT_METHODS)})")
     p.add_argument("--seed", type=int, default=0)
@@ -437,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown root method(s) {unknown}; choose from {', '.join(ROOT_METHODS)}")
     report = run(args.data_dir, args.weights, args.out, args.stages, args.sampler, args.steps, args.device,
-                 not args.no_root_chains, args.seed, args.max_places, args.atlas, args.strength, root_methods)
+                 not args.no_root_chains, args.seed, args.max_places, args.atlas, args.strength, root_methods,
+                 tuple(b.strip() for b in args.bands.split(",") if b.strip()))
     print(markdown(report))
     return 0
 
