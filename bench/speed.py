@@ -36,7 +36,8 @@ def bench(painter: MetatilePainter, batch: int, repeats: int, zoom: int = 14) ->
         return parents_px[t]
 
     def run(i):
-        parents = [mercantile.Tile(1000 + 3 * (i * batch + k), 5000, zoom - 1) for k in range(batch)]
+        n = 1 << (zoom - 1)  # parents inside the world, spread along a mid-latitude row
+        parents = [mercantile.Tile((1000 + 3 * (i * batch + k)) % n, (5000 * n) // 16384, zoom - 1) for k in range(batch)]
         tiles = painter.paint(7, parents, parent_pixels)
         for px in tiles.values():
             encode(px)

@@ -304,7 +304,8 @@ ROOT_METHODS = ("root: model", "root: reference", "root: reference + model")
 def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str | None = None,
         steps: int | None = None, device: str = "cpu", root_chains: bool = True, seed: int = 0,
         max_places: int = 6, atlas_dir: Path | None = None, strength: float | None = None,
-        root_methods: tuple[str, ...] = ROOT_METHODS, bands_only: tuple[str, ...] = ()) -> dict:
+        root_methods: tuple[str, ...] = ROOT_METHODS, bands_only: tuple[str, ...] = (),
+        places_first: tuple[str, ...] = ()) -> dict:
     """Paint every chain, score it, write realism.json, realism.md and the pictures under `out`.
 
     Methods: the model alone (no atlas; `sampler`/`steps`, default the shipped solver), bicubic,
@@ -339,8 +340,12 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     per_band: dict[str, list[Sample]] = defaultdict(list)
     for (_, band), s in sorted(best.items()):
         per_band[band].append(s)
+    # Largest first, except that places named in `places_first` (substrings) come before the rest.
+    def order(s: Sample):
+        return (not any(p in s.place for p in places_first), -sum(i.size for i in s.images))
+
     chosen = [s for band in per_band if not bands_only or band in bands_only
-              for s in sorted(per_band[band], key=lambda s: -sum(i.size for i in s.images))[:max_places]]
+              for s in sorted(per_band[band], key=order)[:max_places]]
     log.info("%d held-out (place, scale) samples in bands %s", len(chosen), sorted({s.band for s in chosen}))
 
     extractor = FeatureExtractor(device=device)
@@ -429,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--atlas", type=Path, help="exemplar atlas directory (default: the shipped one)")
     p.add_argument("--strength", type=float, help="share of solver steps run from the noised reference")
     p.add_argument("--bands", default="", help="only these bands, comma-separated (e.g. z5-7,z11-13)")
+    p.add_argument("--places-first", default="", help="places (substrings, comma-separated) to take first in their band")
     p.add_argument("--root-methods", default=",".join(ROOT_METHODS),
                    help=f"root chains to paint, comma-separated (of: {', '.join(ROOT_METHODS)})")
     p.add_argument("--seed", type=int, default=0)
@@ -442,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown root method(s) {unknown}; choose from {', '.join(ROOT_METHODS)}")
     report = run(args.data_dir, args.weights, args.out, args.stages, args.sampler, args.steps, args.device,
                  not args.no_root_chains, args.seed, args.max_places, args.atlas, args.strength, root_methods,
-                 tuple(b.strip() for b in args.bands.split(",") if b.strip()))
+                 tuple(b.strip() for b in args.bands.split(",") if b.strip()),
+                 tuple(p_.strip() for p_ in args.places_first.split(",") if p_.strip()))
     print(markdown(report))
     return 0
 
