@@ -72,10 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/bench/speed.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    atlas = {None: "default", "none": None}.get(args.atlas, args.atlas)
-    extra = {} if args.strength is None else {"strength": args.strength}
     painter = MetatilePainter.from_pretrained(args.weights, sampler=args.sampler, steps=args.steps, device=args.device,
-                                              atlas=atlas, **extra)
+                                              atlas=args.atlas or "default", strength=args.strength)
     if args.bf16:
         painter.model.to(torch.bfloat16)
     rows = [bench(painter, int(b), args.repeats, int(z)) for z in args.zooms.split(",") for b in args.batches.split(",")]

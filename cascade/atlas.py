@@ -253,7 +253,6 @@ class Exemplar:
     m_per_px: float  # of octave 0
     levels: tuple[tuple[int, int, int, int], ...]  # (offset, length, width, height) per octave
     mean: tuple[float, float, float]  # colour at the band's anchor scale, sRGB in [0, 1]
-    std: tuple[float, float, float]
 
     @property
     def width(self) -> int:
@@ -286,13 +285,11 @@ def hazy(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 2] > rgb[..., 0] + 0.05) & (rgb.mean(-1) > 0.45)
 
 
-def soft_add(base: np.ndarray | "torch.Tensor", detail, margin: float = 0.02):
+def soft_add(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
     """base + detail, with detail compressed (tanh) to the room between base and 0 or 1: the sum
     stays inside (0, 1), so no pixel clips to black or white and back-projection stays exact."""
-    lib = torch if isinstance(base, torch.Tensor) else np
-    room = lib.where(detail > 0, 1 - margin - base, base - margin)
-    room = room.clamp(min=1e-3) if lib is torch else np.maximum(room, 1e-3)
-    return base + room * lib.tanh(detail / room)
+    room = torch.where(detail > 0, 1 - margin - base, base - margin).clamp(min=1e-3)
+    return base + room * torch.tanh(detail / room)
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
@@ -325,7 +322,7 @@ class ExemplarAtlas:
             self.bands = tuple(Band(**b) for b in meta["bands"])
             self.exemplars = [
                 Exemplar(i, e["band"], e["name"], e["place"], e["m_per_px"], tuple(map(tuple, e["levels"])),
-                         tuple(e["mean"]), tuple(e["std"]))
+                         tuple(e["mean"]))
                 for i, e in enumerate(meta["exemplars"])
             ]
             size = blob_path.stat().st_size

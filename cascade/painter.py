@@ -98,7 +98,7 @@ class MetatilePainter:
     @classmethod
     def from_pretrained(
         cls, path: str | Path = DEFAULT_WEIGHTS, sampler: str | None = None, steps: int | None = None,
-        atlas: str | Path | None = "default", **kwargs
+        atlas: str | Path | None = "default", strength: float | None = None, **kwargs
     ) -> MetatilePainter:
         """Load weights saved by `save_pretrained`, their scheduler config and recommended sampling.
 
@@ -106,7 +106,7 @@ class MetatilePainter:
         whether the shipped exemplar atlas is used (`atlas`), the strength the model starts from
         its reference at, and whether the reference alone is the default (`reference_only`).
         Explicit arguments override it. `atlas` is a directory, "default" (what `sampler.json`
-        says) or None (no atlas).
+        says), or None or "none" (no atlas).
         """
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -119,6 +119,8 @@ class MetatilePainter:
             raise ValueError(f"cannot load the model weights in {path}: {error}") from error
         if atlas == "default":
             atlas = DEFAULT_ATLAS if recommended.get("atlas", False) else None
+        elif atlas == "none":
+            atlas = None
         if sampler is None:
             # The shipped default may be the atlas reference alone; asking for solver steps, or for no
             # atlas, means the model.
@@ -128,8 +130,8 @@ class MetatilePainter:
             steps = 0 if sampler == REFERENCE_ONLY else recommended.get("steps", 4)
         if atlas is not None:
             atlas = ExemplarAtlas(atlas)
-        kwargs.setdefault("strength", recommended.get("strength", 0.5))
-        return cls(model, config, sampler=sampler, steps=steps, atlas=atlas, **kwargs)
+        strength = recommended.get("strength", 0.5) if strength is None else strength
+        return cls(model, config, sampler=sampler, steps=steps, atlas=atlas, strength=strength, **kwargs)
 
     def paint(
         self,
@@ -173,6 +175,7 @@ class MetatilePainter:
         if any(v % grid for o in origins for v in o) or width % grid or height % grid:
             raise ValueError(f"window origins and sizes must be multiples of {grid} pixels")
         h, m = self.halo, self.model.context_margin
+        parent_pixels = _memoised(parent_pixels)  # the atlas reads some of the same tiles again
         # Parent pixels under each canvas (window plus halo) plus the context margin.
         px0 = [(x0 - h) // 2 - m for x0, _ in origins]
         py0 = [(y0 - h) // 2 - m for _, y0 in origins]
@@ -210,19 +213,23 @@ class MetatilePainter:
     ) -> torch.Tensor:
         """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
         the upsampled parent plus the exemplars' octave of detail."""
-        decoded: dict[mercantile.Tile, np.ndarray] = {}
-
-        def tile(t: mercantile.Tile) -> np.ndarray:
-            if t not in decoded:
-                decoded[t] = tile_pixels(t)
-            return decoded[t]
-
         def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-            return read_window(z, x0, y0, w, h, tile)
+            return read_window(z, x0, y0, w, h, tile_pixels)
 
         detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read)[0] for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
         return soft_add(parent_up, torch.from_numpy(detail).to(parent_up))
+
+
+def _memoised(tile_pixels: Callable[[mercantile.Tile], np.ndarray]) -> Callable[[mercantile.Tile], np.ndarray]:
+    """`tile_pixels` decoding each tile once."""
+    decoded: dict[mercantile.Tile, np.ndarray] = {}
+
+    def tile(t: mercantile.Tile) -> np.ndarray:
+        if t not in decoded:
+            decoded[t] = tile_pixels(t)
+        return decoded[t]
+    return tile
 
 
 def read_window(

@@ -233,18 +233,10 @@ def test_shipped_atlas_fits_the_budget_and_holds_no_held_out_place():
     assert atlas.octave(ex, 0).shape == (ex.height, ex.width, 3)
 
 
-@pytest.fixture
-def tiny_weights_dir(tmp_path):
-    path = tmp_path / "weights"
-    make_tiny_model().save_pretrained(path, safe_serialization=True)
-    training_scheduler().save_pretrained(path)
-    return path
-
-
-def test_cli_paints_with_the_reference_alone_one_flag_away(tmp_path, tiny_weights_dir, tiny_atlas_dir, capsys):
+def test_cli_paints_with_the_reference_alone_one_flag_away(tmp_path, tiny_weights, tiny_atlas_dir, capsys):
     from tileserver.cli import main
 
-    common = ["--cache-dir", str(tmp_path / "c"), "--weights", str(tiny_weights_dir), "--atlas", str(tiny_atlas_dir)]
+    common = ["--cache-dir", str(tmp_path / "c"), "--weights", str(tiny_weights), "--atlas", str(tiny_atlas_dir)]
     out = {}
     for name, flags in (("reference", ["--sampler", "reference"]), ("zero", ["--steps", "0"]),
                         ("model", ["--steps", "2", "--strength", "0.5"])):
@@ -256,7 +248,7 @@ def test_cli_paints_with_the_reference_alone_one_flag_away(tmp_path, tiny_weight
     assert not np.array_equal(out["reference"], out["model"])
     # Without an atlas there is no reference to paint: one line, exit code 2.
     base = ["-q", "tile", "w=procedural:5", "6", "37", "29", "-o", str(tmp_path / "x.png"), "--cache-dir",
-            str(tmp_path / "c"), "--weights", str(tiny_weights_dir)]
+            str(tmp_path / "c"), "--weights", str(tiny_weights)]
     for flags, message in ((["--atlas", "none", "--steps", "0"], "atlas"),
                            (["--atlas", str(tmp_path / "nowhere")], "no exemplar atlas")):
         capsys.readouterr()

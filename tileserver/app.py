@@ -86,10 +86,9 @@ def build_service(settings: Settings) -> TileService:
     worlds = parse_worlds(settings.worlds)
     for world in worlds.values():
         world.root.load()
-    atlas = {None: "default", "none": None}.get(settings.atlas, settings.atlas)
-    extra = {} if settings.strength is None else {"strength": settings.strength}
     painter = MetatilePainter.from_pretrained(
-        settings.weights, sampler=settings.sampler, steps=settings.steps, device=settings.device, atlas=atlas, **extra
+        settings.weights, sampler=settings.sampler, steps=settings.steps, device=settings.device,
+        atlas=settings.atlas or "default", strength=settings.strength,
     )
     return TileService(
         worlds=worlds,

@@ -26,7 +26,6 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +55,6 @@ SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "stora
 
 def equator_m_per_px(zoom: int) -> float:
     return EQUATOR_M_PER_PX_Z0 / 2**zoom
-
-
-@dataclass
-class Candidate:
-    record: ImageRecord
-    band: int
 
 
 def eligible(rec: ImageRecord, band: Band, index: int) -> bool:

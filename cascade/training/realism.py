@@ -39,11 +39,12 @@ import mercantile
 import numpy as np
 import torch
 
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, soft_add
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
-from cascade.atlas import soft_add
-from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain
+from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain, run_stage, stage_canvas
+from cascade.training.train import mirror_pad
 
 NOISE_ZOOM_ATLAS = 0  # atlas chains draw their noise at their true zoom
 
@@ -207,9 +208,6 @@ def atlas_chain(ev: Evaluator, atlas, sample: Sample, stages: int, sampler: str,
 def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_per_px, strength, **kw):
     """One stage of an atlas chain: the parent (padded by its mirror image to the model's 8 px grid)
     upsampled, plus the atlas detail over the canvas at global pixel (x0, y0) of `zoom`."""
-    from cascade.training.evaluate import run_stage, stage_canvas
-    from cascade.training.train import mirror_pad
-
     p_h, p_w = parent.shape[-2:]
     pad_h, pad_w = -p_h % 8, -p_w % 8
     if pad_h or pad_w:
@@ -311,24 +309,21 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     Methods: the model alone (no atlas; `sampler`/`steps`, default the shipped solver), bicubic,
     the atlas reference alone, and the model started from the atlas reference at `strength`;
     root chains with the same three painters (`root_methods`)."""
-    from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas
     from cascade.training.kid import FeatureExtractor
 
     t0 = time.perf_counter()
-    recommended = json.loads((Path(weights) / "sampler.json").read_text()) if (Path(weights) / "sampler.json").is_file() else {}
-    sampler = sampler or recommended.get("sampler", "unipc")
-    steps = steps or recommended.get("steps", 8)
-    strength = strength or recommended.get("strength", 0.5)
+    # The model's solver, steps and strength as recommended with the weights, unless given.
+    painter = MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, atlas=None, device=device,
+                                              strength=strength)
+    sampler, steps, strength = painter.sampler, painter.steps, painter.strength
+    scheduler_config = json.loads((Path(weights) / "scheduler_config.json").read_text())
     atlas = ExemplarAtlas(atlas_dir or DEFAULT_ATLAS)
     painters = {
-        "root: model": MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, atlas=None, device=device),
-        "root: reference": MetatilePainter.from_pretrained(weights, sampler="reference", atlas=atlas_dir or DEFAULT_ATLAS,
-                                                           device=device),
-        "root: reference + model": MetatilePainter.from_pretrained(weights, sampler=sampler, steps=steps, device=device,
-                                                                   atlas=atlas_dir or DEFAULT_ATLAS, strength=strength),
+        "root: model": painter,
+        "root: reference": MetatilePainter(painter.model, scheduler_config, steps=0, atlas=atlas, device=device),
+        "root: reference + model": MetatilePainter(painter.model, scheduler_config, sampler=sampler, steps=steps,
+                                                   atlas=atlas, strength=strength, device=device),
     }
-    painter = painters["root: model"]
-    scheduler_config = json.loads((Path(weights) / "scheduler_config.json").read_text())
     ev = Evaluator(painter.model, scheduler_config, device=device, halo=painter.halo, seed=seed, batch_size=1)
     samples = held_out_samples(data_dir)
     # One (place, scale) per place and band: the one with the most pixels, at most max_places per band.
