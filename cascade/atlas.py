@@ -15,16 +15,18 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
    zoom of the band; water cells get no detail. Among the candidates, all cells of a region
    (about 4 x 4 cells, irregular outline) rank the exemplars alike and share an orientation, so
-   neighbours show other parts of the same exemplar; closeness of colour breaks the ranking.
-   Every zoom of a band shows the same exemplar in a cell: zooming in reveals the same fields
+   neighbours show other parts of the same exemplar; closeness of colour breaks the ranking,
+   and of a few hashed offsets the cell takes the part of the exemplar closest in colour to the
+   world there. Every zoom of a band shows the same exemplar in a cell: zooming in reveals the same fields
    and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
-   from the octaves around the needed resolution (trilinear) on the zoom's pixel grid. What a
-   stage takes from it is one octave of detail, E - bicubic_up(area_down(E)) (the cascade's own
-   down and up steps) times the band's gain, so cells bring texture, not colour, and two cells
-   meet without a step, in a narrow fade along the warped border.
+   from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
+   takes from it is one octave of detail as a log ratio, log E - log bicubic_up(area_down(E))
+   (the cascade's own down and up steps) times the band's gain, so cells bring texture relative to
+   the local level, not colour, and two cells meet without a step, in a narrow fade along the
+   warped border.
 
-The stage's reference is the upsampled parent plus that detail; back-projection onto the parent
+The stage's reference is the upsampled parent times the exponential of that detail; back-projection onto the parent
 (`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
 octave of the same exemplar, so a cell rebuilds its real image as one zooms in; structure coarser
 than the band's top zoom comes from the band above.
@@ -86,16 +88,17 @@ class Band:
 # z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, and 75 m of
 # 0.15-0.3 m aerial mosaics at z15-z18. A band only rebuilds an exemplar over its own zooms (coarser
 # octaves come from the band above), so the deepest band is long: four octaves of one photo.
-# Each octave comes out weaker than in the exemplar (sampling between octaves, back-projection's
-# smooth rounds), so it is scaled by the band's gain: the value at which 4-stage real chains of
-# held-out imagery have the high-frequency energy of the real images (ratio about 1; measured at
-# 1, 1.75 and 2.5 per band, see README).
+# Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
+# rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
+# (bench/atlas_gain.py, see README) a little below a high-frequency energy ratio of 1: a gain above
+# what the finest octave needs over-strengthens that octave once deeper zooms magnify it, and
+# the cascade keeps every octave it has painted (blobs at the zooms below).
 BANDS = (
-    Band("continental", 5, 7, 7, gain=1.75),
-    Band("regional", 8, 9, 11, gain=2.5),
-    Band("landscape", 10, 11, 13, gain=1.75),
-    Band("local", 12, 14, 15, gain=1.5),
-    Band("fine", 15, 18, 19, gain=2.5),
+    Band("continental", 5, 7, 7, gain=1.5),
+    Band("regional", 8, 9, 11, gain=1.5),
+    Band("landscape", 10, 11, 13, gain=1.0),
+    Band("local", 12, 14, 15, gain=1.25),
+    Band("fine", 15, 18, 19, gain=1.75),
 )
 REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
 
@@ -263,6 +266,7 @@ class Exemplar:
         return self.levels[0][3]
 
 
+OFFSET_TRIES = 8  # hashed offsets a cell chooses its exemplar position among, by colour
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
 
@@ -290,6 +294,22 @@ def soft_add(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> 
     stays inside (0, 1), so no pixel clips to black or white and back-projection stays exact."""
     room = torch.where(detail > 0, 1 - margin - base, base - margin).clamp(min=1e-3)
     return base + room * torch.tanh(detail / room)
+
+
+DETAIL_EPS = 0.03  # keeps the ratio of near-black pixels (shadows, deep water) bounded
+
+
+def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
+    """The parent with the exemplars' detail, a log ratio: contrast relative to the local level,
+    as light and shade are, so a dark parent gets dark shadows and no bright speckle. The change is
+    compressed into (0, 1) by `soft_add`."""
+    target = (base + DETAIL_EPS) * torch.exp(detail) - DETAIL_EPS
+    return soft_add(base, target - base, margin)
+
+
+def reference_from(parent_up: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+    """A stage's atlas reference: the upsampled parent with the exemplars' detail."""
+    return apply_detail(parent_up, detail)
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
@@ -390,7 +410,9 @@ class ExemplarAtlas:
         ri, rj = region_of(seed, band, cells, fx, fy)
         region_rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
         turns = cell_hash(seed, band, ri, rj, 8) % 8
-        shifts = _unit(cell_hash(seed, band, i, j, 9)), _unit(cell_hash(seed, band, i, j, 10))
+        tries = np.arange(OFFSET_TRIES)[None, :]
+        shifts = (_unit(cell_hash(seed, band, i[:, None], j[:, None], 200 + 2 * tries)),
+                  _unit(cell_hash(seed, band, i[:, None], j[:, None], 201 + 2 * tries)))
         out = []
         for k in range(len(i)):
             cx, cy = fx[k] / cells * world, fy[k] / cells * world
@@ -406,12 +428,29 @@ class ExemplarAtlas:
                 continue
             chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
             choice = members[int(candidates[np.argmin(region_rank[k, candidates] + CHROMA_WEIGHT * chroma)])]
-            # Keep the cell's footprint inside the exemplar where it fits; centre it where it does not.
             reach = 1.2 * spec.cell_metres() * cos_lat[k] / choice.m_per_px
-            offsets = tuple(n / 2 if n <= 2 * reach else reach + float(u[k]) * (n - 2 * reach)
-                            for n, u in ((choice.width, shifts[0]), (choice.height, shifts[1])))
+            offsets = self._best_offset(choice, reach, shifts[0][k], shifts[1][k], mean)
             out.append(Assignment(choice, int(turns[k]), offsets, float(cos_lat[k]), feature))
         return out
+
+    def _best_offset(self, ex: Exemplar, reach: float, su: np.ndarray, sv: np.ndarray,
+                     anchor: np.ndarray) -> tuple[float, float]:
+        """Of `OFFSET_TRIES` hashed offsets that keep the cell's footprint (`reach` octave-0 pixels
+        from its centre) inside the exemplar, the one whose part of the exemplar is closest in
+        colour to the world there: a lake or a town of the exemplar does not land on fields."""
+        xs = np.where(ex.width <= 2 * reach, ex.width / 2, reach + su * (ex.width - 2 * reach))
+        ys = np.where(ex.height <= 2 * reach, ex.height / 2, reach + sv * (ex.height - 2 * reach))
+        top = len(ex.levels) - 1
+        small = self.octave(ex, top).astype(np.float64) / 255.0
+        f = 2.0**top
+        r = max(int(round(0.6 * reach / f)), 0)
+        costs = []
+        for x, y in zip(xs, ys):
+            cx, cy = int(np.clip(x / f, 0, small.shape[1] - 1)), int(np.clip(y / f, 0, small.shape[0] - 1))
+            patch = small[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].reshape(-1, 3).mean(0)
+            costs.append(float(((np.log(patch + 0.03) - np.log(anchor + 0.03)) ** 2).sum()))
+        best = int(np.argmin(costs))
+        return float(xs[best]), float(ys[best])
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -492,7 +531,8 @@ class ExemplarAtlas:
         down = np.ascontiguousarray(image.reshape(bh // 2, 2, bw // 2, 2, 3).mean(axis=(1, 3)).transpose(2, 0, 1))
         coarse = F.interpolate(torch.from_numpy(down)[None], scale_factor=2, mode="bicubic", align_corners=False)
         r, c = y0 + rows - gy0, x0 + cols - gx0
-        return self.bands[band].gain * (image[r, c] - coarse[0].numpy().transpose(1, 2, 0)[r, c])
+        coarse = coarse[0].numpy().transpose(1, 2, 0)[r, c].clip(0, 1)
+        return self.bands[band].gain * (np.log(image[r, c] + DETAIL_EPS) - np.log(coarse + DETAIL_EPS))
 
     def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
@@ -512,14 +552,9 @@ class ExemplarAtlas:
         return self._at_scale(ex, ex_x, ex_y, footprint)
 
     def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
-        """The exemplar seen with pixels of `footprint` octave-0 pixels: trilinear between the two
-        octaves around it (never finer than octave 0)."""
+        """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave
+        whose pixels are no larger than that (never finer than octave 0). Blending two octaves
+        (trilinear) would halve the contrast of the finest detail, which is all a stage adds."""
         top = len(ex.levels) - 1
-        level = min(max(math.log2(max(footprint, 1e-9)), 0.0), float(top))
-        k = min(int(level), max(top - 1, 0))
-        t = level - k
-        first = bilinear(self.octave(ex, k), x / 2**k, y / 2**k)
-        if t <= 1e-3 or top == 0:
-            return first
-        second = bilinear(self.octave(ex, k + 1), x / 2 ** (k + 1), y / 2 ** (k + 1))
-        return first * (1 - t) + second * t
+        k = min(max(int(math.floor(math.log2(max(footprint, 1e-9)) + 1e-6)), 0), top)
+        return bilinear(self.octave(ex, k), x / 2**k, y / 2**k)

@@ -16,7 +16,7 @@ import mercantile
 import numpy as np
 import torch
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, soft_add
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, reference_from
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
@@ -24,7 +24,7 @@ from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_c
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "2"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "3"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 
@@ -218,7 +218,7 @@ class MetatilePainter:
 
         detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read)[0] for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
-        return soft_add(parent_up, torch.from_numpy(detail).to(parent_up))
+        return reference_from(parent_up, torch.from_numpy(detail).to(parent_up))
 
 
 def _memoised(tile_pixels: Callable[[mercantile.Tile], np.ndarray]) -> Callable[[mercantile.Tile], np.ndarray]:

@@ -153,6 +153,39 @@ def test_cells_match_the_world_colour(tiny_atlas):
     assert none.max() == 0.0
 
 
+def test_detail_is_relative_to_the_parent_level():
+    # A log-ratio detail darkens and brightens in proportion: on a dark parent it stays small (no
+    # bright speckle on dark forest), and the result never leaves (0, 1).
+    from cascade.atlas import apply_detail
+
+    detail = torch.tensor([0.4, -0.4]).view(1, 1, 1, 2).repeat(1, 3, 1, 1)
+    dark = apply_detail(torch.full((1, 3, 1, 2), 0.1), detail) - 0.1
+    mid = apply_detail(torch.full((1, 3, 1, 2), 0.4), detail) - 0.4
+    assert (dark[..., 0] > 0).all() and (dark[..., 1] < 0).all()
+    assert (mid.abs() > 2.5 * dark.abs()).all()
+    bright = apply_detail(torch.full((1, 3, 1, 2), 0.97), torch.full((1, 3, 1, 2), 3.0))
+    assert bright.max() < 1 and bright.min() > 0.97
+
+
+def test_a_cell_takes_the_part_of_its_exemplar_that_matches_the_world(tmp_path):
+    # One exemplar, dark forest on the left and bright sand on the right: a cell over dark land lays
+    # the dark half over its footprint, a cell over bright land the bright half.
+    img = np.zeros((512, 512, 3), np.uint8)
+    img[:, :256] = (40, 70, 35)
+    img[:, 256:] = (200, 170, 120)
+    (tmp_path / "data").mkdir()
+    Image.fromarray(img).save(tmp_path / "data" / "halves.png")
+    record = ImageRecord(str(tmp_path / "data" / "halves.png"), 512, 512, 2000.0, None, None, "halves", "test",
+                         "train", file="landsat_30m/halves.png")
+    build(tmp_path / "data", tmp_path / "atlas", budget_mb=5, bands=BANDS, shares=(1, 1), records=[record])
+    atlas = ExemplarAtlas(tmp_path / "atlas")
+    ex = atlas.exemplars[0]
+    su, sv = np.linspace(0.05, 0.95, 8), np.full(8, 0.5)
+    dark_x, _ = atlas._best_offset(ex, 60.0, su, sv, np.array([0.16, 0.27, 0.14]))
+    bright_x, _ = atlas._best_offset(ex, 60.0, su, sv, np.array([0.78, 0.67, 0.47]))
+    assert dark_x < ex.width / 2 - 30 and bright_x > ex.width / 2 + 30
+
+
 def _painter(atlas, steps, strength=0.5):
     return MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=steps, atlas=atlas,
                            strength=strength)

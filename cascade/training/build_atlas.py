@@ -130,7 +130,7 @@ def octaves(img: np.ndarray, native: float, band: Band) -> tuple[float, list[np.
     levels = [base]
     while g0 * 2 ** (len(levels) - 1) < equator_m_per_px(band.top) and min(levels[-1].shape[:2]) >= 2 * MIN_OCTAVE_SIDE:
         levels.append(_halve(levels[-1], 1))
-    if min(levels[-1].shape[:2]) >= 2 * MIN_OCTAVE_SIDE:  # one more for the trilinear blend
+    if min(levels[-1].shape[:2]) >= 2 * MIN_OCTAVE_SIDE:  # one more: coarse enough to compare colours cheaply
         levels.append(_halve(levels[-1], 1))
     return g0, levels
 
@@ -190,6 +190,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue  # water gets no detail
             if index > 0 and rec.m_per_px >= 10 and hazy(np.array(mean)):
                 continue  # haze and smoke over satellite scenes are not land cover
+            if index > 0 and rec.m_per_px >= 10 and "cloud" in rec.file.lower():
+                continue  # named for its clouds
             if index > 0 and rec.m_per_px >= 10 and land_cover(np.array(mean)) != 1 and cloudy(levels[0]):
                 continue  # clouds over satellite scenes (white specks off snowy ground) are not land cover
             encoded = [encode_jpeg(level) for level in levels]
@@ -203,6 +205,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             taken += 1
         bar.close()
         log.info("band %s: %d exemplars of %d eligible, %.1f MB", band.name, taken, len(pool), spent / 1e6)
+    if not exemplars:
+        raise ValueError(f"no training image in {data_dir} can serve any band: nothing to build an atlas from")
     (out / "atlas.bin").write_bytes(bytes(blob))
     meta = dict(
         format=ATLAS_FORMAT,
@@ -239,7 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"build_atlas: no index.csv in {args.data_dir}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    meta = build(args.data_dir, args.out, args.budget_mb, args.seed)
+    try:
+        meta = build(args.data_dir, args.out, args.budget_mb, args.seed)
+    except ValueError as error:
+        print(f"build_atlas: {error}", file=sys.stderr)
+        return 2
     print(summary(meta))
     print(f"{len(meta['exemplars'])} exemplars, {meta['blob_bytes'] / 1e6:.1f} MB in {args.out} "
           f"({time.perf_counter() - started:.0f} s)")

@@ -39,7 +39,7 @@ import mercantile
 import numpy as np
 import torch
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, soft_add
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, reference_from
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
@@ -218,7 +218,7 @@ def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_p
     halo = kw["halo"]
     detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read)
     canvas = stage_canvas(parent, halo)
-    guide = soft_add(canvas, torch.from_numpy(detail)[None].to(canvas))
+    guide = reference_from(canvas, torch.from_numpy(detail)[None].to(canvas))
     name = "reference" if method == "reference" else "model"
     y = run_stage(name, parent, m_per_px, guide=guide, strength=strength, zoom=NOISE_ZOOM_ATLAS + zoom, **kw)
     return y[..., : 2 * p_h, : 2 * p_w]
