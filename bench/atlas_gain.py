@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     by_band = defaultdict(list)
     for sample in held_out_samples(args.data_dir):
         by_band[sample.band].append(sample)
-    picks = [max(samples, key=lambda s: sum(i.size for i in s.images)) for _, samples in sorted(by_band.items())]
+    picks = [max(samples, key=lambda s: s.pixels) for _, samples in sorted(by_band.items())]
     gains = [float(g) for g in args.gains.split(",")]
     rows, start = [], time.perf_counter()
     for sample in picks:

@@ -52,19 +52,27 @@ def main(argv: list[str] | None = None) -> int:
     # Real elsewhere: the largest sample of every held-out place per band, coordinates or not.
     real_by_band: dict[str, dict[str, object]] = defaultdict(dict)
     for s in held_out_samples(args.data_dir):
-        if s.band and (wanted and s.band in wanted or not wanted):
+        if s.band and (not wanted or s.band in wanted):
             known = real_by_band[s.band].get(s.place)
-            if known is None or sum(i.size for i in s.images) > sum(i.size for i in known.images):
+            if known is None or s.pixels > known.pixels:
                 real_by_band[s.band][s.place] = s
         if s.lat is None or s.lon is None:
             continue
         zoom = root_zoom_for(s)
         if band_of_zoom(zoom) != s.band or not 5 <= zoom <= 18 or (wanted and s.band not in wanted):
             continue
-        if s.place not in best or sum(i.size for i in s.images) > sum(i.size for i in best[s.place][0].images):
+        if s.place not in best or s.pixels > best[s.place][0].pixels:
             best[s.place] = (s, zoom)
 
     extractor = FeatureExtractor()
+    features: dict[int, np.ndarray] = {}
+
+    def real_features(sample) -> np.ndarray:
+        """Features of a sample's real crops, extracted once (a painted place is also elsewhere)."""
+        if id(sample) not in features:
+            features[id(sample)] = extractor(crops(sample.images))
+        return features[id(sample)]
+
     rows = []
     for place, (s, zoom) in sorted(best.items(), key=lambda kv: (kv[1][1], kv[0])):
         t = time.perf_counter()
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         _save(pictures / f"{_slug(place)}-z{zoom}-root.png", block)
         _save(pictures / f"{_slug(place)}-z{zoom}-real.png", s.images[0])
         rows.append(dict(place=place, band=s.band, zoom=zoom, m_per_px=s.m_per_px, seconds=time.perf_counter() - t,
-                         real=extractor(crops(s.images)), painted=extractor(crops([block]))))
+                         real=real_features(s), painted=extractor(crops([block]))))
         print(f"{place} z{zoom}: {rows[-1]['seconds']:.1f} s", flush=True)
 
     by_band = defaultdict(list)
@@ -81,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for band, members in sorted(by_band.items(), key=lambda kv: int(kv[0][1:].split("-")[0])):
         painted = [kid(r["painted"], r["real"])[0] * 1e3 for r in members]
-        others = {p: extractor(crops(s.images)) for p, s in real_by_band[band].items()}
+        others = {p: real_features(s) for p, s in real_by_band[band].items()}
         elsewhere = []
         for r in members:
             rest = [f for p, f in others.items() if p != r["place"]]

@@ -307,11 +307,6 @@ def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02)
     return soft_add(base, target - base, margin)
 
 
-def reference_from(parent_up: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
-    """A stage's atlas reference: the upsampled parent with the exemplars' detail."""
-    return apply_detail(parent_up, detail)
-
-
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb, np.float64)
     return rgb / np.maximum(rgb.sum(-1, keepdims=True), 1e-6)
@@ -448,7 +443,7 @@ class ExemplarAtlas:
         for x, y in zip(xs, ys):
             cx, cy = int(np.clip(x / f, 0, small.shape[1] - 1)), int(np.clip(y / f, 0, small.shape[0] - 1))
             patch = small[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].reshape(-1, 3).mean(0)
-            costs.append(float(((np.log(patch + 0.03) - np.log(anchor + 0.03)) ** 2).sum()))
+            costs.append(float(((np.log(patch + DETAIL_EPS) - np.log(anchor + DETAIL_EPS)) ** 2).sum()))
         best = int(np.argmin(costs))
         return float(xs[best]), float(ys[best])
 
@@ -464,11 +459,12 @@ class ExemplarAtlas:
                read: WindowReader, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
 
-        Detail is the octave a stage adds: each cell's exemplar E on this zoom's pixel grid minus
-        bicubic_up(area_down(E)), the cascade's own down and up steps, so it carries no colour of
-        its own; added to the upsampled parent it makes the stage's reference, and where the
-        parent is the same exemplar one zoom up the reference is the exemplar itself. Returns float32 `(3, height, width)` detail and the
-        float32 `(height, width)` coverage, the share of each pixel that exemplars supplied (0
+        Detail is the octave a stage adds, as a log ratio: log E - log bicubic_up(area_down(E)) for
+        each cell's exemplar E on this zoom's pixel grid (the cascade's own down and up steps), so
+        it carries no colour of its own; `apply_detail` to the upsampled parent makes the stage's
+        reference, and where the parent is the same exemplar one zoom up the reference is the
+        exemplar itself. Returns float32 `(3, height, width)` detail and the float32
+        `(height, width)` coverage, the share of each pixel that exemplars supplied (0
         where no cell matched: no detail there).
         """
         band = band_of_zoom(zoom, self.bands)
@@ -516,9 +512,9 @@ class ExemplarAtlas:
 
     def _octave_detail(self, a: Assignment, band: int, cells: int, world: int, x0: int, y0: int,
                        rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """One cell's exemplar E on this zoom's pixel grid minus bicubic_up(area_down(E)), at the
-        given canvas pixels: exactly the octave a stage adds to the upsampled parent, so a band's
-        zooms rebuild the exemplar octave by octave. float32 (N, 3)."""
+        """One cell's exemplar E on this zoom's pixel grid over bicubic_up(area_down(E)), as a log
+        ratio, at the given canvas pixels: exactly the octave a stage adds to the upsampled parent,
+        so a band's zooms rebuild the exemplar octave by octave. float32 (N, 3)."""
         m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
         gx0 = (x0 + int(cols.min()) - m) // 2 * 2  # even, on the parent grid
         gy0 = (y0 + int(rows.min()) - m) // 2 * 2

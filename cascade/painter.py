@@ -16,7 +16,7 @@ import mercantile
 import numpy as np
 import torch
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, reference_from
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
@@ -212,13 +212,13 @@ class MetatilePainter:
         parent_window: torch.Tensor,
     ) -> torch.Tensor:
         """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
-        the upsampled parent plus the exemplars' octave of detail."""
+        the upsampled parent with the exemplars' octave of detail (`apply_detail`)."""
         def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
             return read_window(z, x0, y0, w, h, tile_pixels)
 
         detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read)[0] for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
-        return reference_from(parent_up, torch.from_numpy(detail).to(parent_up))
+        return apply_detail(parent_up, torch.from_numpy(detail).to(parent_up))
 
 
 def _memoised(tile_pixels: Callable[[mercantile.Tile], np.ndarray]) -> Callable[[mercantile.Tile], np.ndarray]:

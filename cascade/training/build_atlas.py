@@ -158,6 +158,18 @@ def cloudy(img: np.ndarray, share: float = 0.02) -> bool:
     return float((img.min(axis=-1) > 215).mean()) > share
 
 
+def land_cover_scene(rec: ImageRecord, mean: np.ndarray, img: np.ndarray) -> bool:
+    """Whether an image below the continental band shows land cover: not water (which gets no
+    detail), and for satellite scenes (10 m/px or coarser) no haze or smoke (bright, blue-grey) and
+    no clouds (named in the file, or near-white specks off snowy ground)."""
+    cover = land_cover(mean)
+    if cover == 0:
+        return False
+    if rec.m_per_px < 10:
+        return True
+    return not (hazy(mean) or "cloud" in rec.file.lower() or (cover != 1 and cloudy(img)))
+
+
 def encode_jpeg(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -186,14 +198,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue  # mostly no-data
             g0, levels = octaves(img, rec.m_per_px, band)
             mean, std = descriptor(levels[0], g0, band)
-            if index > 0 and land_cover(np.array(mean)) == 0:
-                continue  # water gets no detail
-            if index > 0 and rec.m_per_px >= 10 and hazy(np.array(mean)):
-                continue  # haze and smoke over satellite scenes are not land cover
-            if index > 0 and rec.m_per_px >= 10 and "cloud" in rec.file.lower():
-                continue  # named for its clouds
-            if index > 0 and rec.m_per_px >= 10 and land_cover(np.array(mean)) != 1 and cloudy(levels[0]):
-                continue  # clouds over satellite scenes (white specks off snowy ground) are not land cover
+            if index > 0 and not land_cover_scene(rec, np.array(mean), levels[0]):
+                continue
             encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std, levels=[])

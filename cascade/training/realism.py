@@ -39,7 +39,7 @@ import mercantile
 import numpy as np
 import torch
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, reference_from
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
 from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
@@ -82,6 +82,11 @@ class Sample:
     @property
     def band(self) -> str | None:
         return band_of_zoom(web_zoom(self.m_per_px))
+
+    @property
+    def pixels(self) -> int:
+        """Values held over all images: which sample of a place is the largest."""
+        return sum(i.size for i in self.images)
 
 
 def crops(images: list[np.ndarray], size: int = CROP) -> np.ndarray:
@@ -207,7 +212,7 @@ def atlas_chain(ev: Evaluator, atlas, sample: Sample, stages: int, sampler: str,
 
 def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_per_px, strength, **kw):
     """One stage of an atlas chain: the parent (padded by its mirror image to the model's 8 px grid)
-    upsampled, plus the atlas detail over the canvas at global pixel (x0, y0) of `zoom`."""
+    upsampled, with the atlas detail over the canvas at global pixel (x0, y0) of `zoom`."""
     p_h, p_w = parent.shape[-2:]
     pad_h, pad_w = -p_h % 8, -p_w % 8
     if pad_h or pad_w:
@@ -218,7 +223,7 @@ def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_p
     halo = kw["halo"]
     detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read)
     canvas = stage_canvas(parent, halo)
-    guide = reference_from(canvas, torch.from_numpy(detail)[None].to(canvas))
+    guide = apply_detail(canvas, torch.from_numpy(detail)[None].to(canvas))
     name = "reference" if method == "reference" else "model"
     y = run_stage(name, parent, m_per_px, guide=guide, strength=strength, zoom=NOISE_ZOOM_ATLAS + zoom, **kw)
     return y[..., : 2 * p_h, : 2 * p_w]
@@ -330,14 +335,14 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     best: dict[tuple[str, str], Sample] = {}
     for s in samples:
         key = (s.place, s.band)
-        if key not in best or sum(i.size for i in s.images) > sum(i.size for i in best[key].images):
+        if key not in best or s.pixels > best[key].pixels:
             best[key] = s
     per_band: dict[str, list[Sample]] = defaultdict(list)
     for (_, band), s in sorted(best.items()):
         per_band[band].append(s)
     # Largest first, except that places named in `places_first` (substrings) come before the rest.
     def order(s: Sample):
-        return (not any(p in s.place for p in places_first), -sum(i.size for i in s.images))
+        return (not any(p in s.place for p in places_first), -s.pixels)
 
     chosen = [s for band in per_band if not bands_only or band in bands_only
               for s in sorted(per_band[band], key=order)[:max_places]]
