@@ -85,8 +85,9 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, and 75 m of
-# 0.15-0.3 m aerial mosaics at z15-z18. A band only rebuilds an exemplar over its own zooms (coarser
+# z5-z7, 5-20 km of Landsat at z8-z11, 600 m of Sentinel-2 and NAIP at z12-z14 (small enough for
+# the 1.2 km BigEarthNet patches of five countries), and 38 m of 0.15-0.3 m aerial imagery at
+# z15-z18 (small enough for the 78 m land-use photos: fields, forest, scrub, not only towns). A band only rebuilds an exemplar over its own zooms (coarser
 # octaves come from the band above), so the deepest band is long: four octaves of one photo.
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
@@ -95,10 +96,10 @@ class Band:
 # the cascade keeps every octave it has painted (blobs at the zooms below).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5),
-    Band("regional", 8, 9, 11, gain=1.5),
+    Band("regional", 8, 9, 11, gain=1.0),
     Band("landscape", 10, 11, 13, gain=1.0),
     Band("local", 12, 14, 15, gain=1.25),
-    Band("fine", 15, 18, 19, gain=1.75),
+    Band("fine", 15, 18, 20, gain=1.75),
 )
 REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
 
@@ -245,6 +246,26 @@ def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (top * (1 - fy) + bottom * fy) / 255.0
 
 
+def _turned(x, y, turn: int):
+    """One of the 8 dihedral orientations applied to exemplar-pixel displacements."""
+    if turn & 4:
+        x, y = y, x
+    if turn & 1:
+        x = -x
+    if turn & 2:
+        y = -y
+    return x, y
+
+
+def _fold(position: float, size: int, margin: float) -> float:
+    """A position on an endless sheet brought into [margin, size - margin] of the exemplar by whole
+    periods (the middle of the exemplar where it is too small for the margin)."""
+    period = size - 2 * margin
+    if period <= 0:
+        return size / 2
+    return float(margin + (position - margin) % period)
+
+
 @dataclass(frozen=True)
 class Exemplar:
     """One real image of the atlas: its octaves and its colour descriptor."""
@@ -266,7 +287,7 @@ class Exemplar:
         return self.levels[0][3]
 
 
-OFFSET_TRIES = 8  # hashed offsets a cell chooses its exemplar position among, by colour
+SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
 
@@ -317,7 +338,7 @@ class Assignment:
     exemplar: Exemplar | None
     turn: int  # dihedral orientation 0..7
     offset: tuple[float, float]  # where the feature point lies in the exemplar, octave-0 pixels
-    cos_lat: float
+    cos_lat: float  # ground scale of the cell's region
     feature: tuple[float, float]  # the cell's feature point, cell units
 
 
@@ -397,17 +418,23 @@ class ExemplarAtlas:
         za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        v = np.clip(fy / cells, 1e-6, 1 - 1e-6)
-        cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
         members, means, covers = self._by_band[band]
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
         ri, rj = region_of(seed, band, cells, fx, fy)
+        # The ground scale of the region's middle row, shared by its cells so their sheets agree.
+        v = np.clip((rj + 0.5) * (1 << REGION_LOG2) / cells, 1e-6, 1 - 1e-6)
+        cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
         region_rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
         turns = cell_hash(seed, band, ri, rj, 8) % 8
-        tries = np.arange(OFFSET_TRIES)[None, :]
-        shifts = (_unit(cell_hash(seed, band, i[:, None], j[:, None], 200 + 2 * tries)),
-                  _unit(cell_hash(seed, band, i[:, None], j[:, None], 201 + 2 * tries)))
+        # Each region lays its exemplar as one sheet (a hashed shift, the region's orientation), so
+        # neighbours show contiguous ground and their border is invisible; a cell whose place on
+        # the sheet runs off the exemplar folds back by whole periods (a seam where that happens).
+        ox, oy = ri * (1 << REGION_LOG2), rj * (1 << REGION_LOG2)
+        rel_x = (fx - ox + cells / 2) % cells - cells / 2  # across the antimeridian too
+        rel_y = fy - oy
+        shift_u = _unit(cell_hash(seed, band, ri, rj, 9))
+        shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
         out = []
         for k in range(len(i)):
             cx, cy = fx[k] / cells * world, fy[k] / cells * world
@@ -423,29 +450,12 @@ class ExemplarAtlas:
                 continue
             chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
             choice = members[int(candidates[np.argmin(region_rank[k, candidates] + CHROMA_WEIGHT * chroma)])]
-            reach = 1.2 * spec.cell_metres() * cos_lat[k] / choice.m_per_px
-            offsets = self._best_offset(choice, reach, shifts[0][k], shifts[1][k], mean)
-            out.append(Assignment(choice, int(turns[k]), offsets, float(cos_lat[k]), feature))
+            scale = spec.cell_metres() * cos_lat[k] / choice.m_per_px  # octave-0 px per cell unit
+            sheet = _turned(rel_x[k] * scale, rel_y[k] * scale, int(turns[k]))
+            offset = (_fold(sheet[0] + shift_u[k] * choice.width, choice.width, SHEET_MARGIN * scale),
+                      _fold(sheet[1] + shift_v[k] * choice.height, choice.height, SHEET_MARGIN * scale))
+            out.append(Assignment(choice, int(turns[k]), offset, float(cos_lat[k]), feature))
         return out
-
-    def _best_offset(self, ex: Exemplar, reach: float, su: np.ndarray, sv: np.ndarray,
-                     anchor: np.ndarray) -> tuple[float, float]:
-        """Of `OFFSET_TRIES` hashed offsets that keep the cell's footprint (`reach` octave-0 pixels
-        from its centre) inside the exemplar, the one whose part of the exemplar is closest in
-        colour to the world there: a lake or a town of the exemplar does not land on fields."""
-        xs = np.where(ex.width <= 2 * reach, ex.width / 2, reach + su * (ex.width - 2 * reach))
-        ys = np.where(ex.height <= 2 * reach, ex.height / 2, reach + sv * (ex.height - 2 * reach))
-        top = len(ex.levels) - 1
-        small = self.octave(ex, top).astype(np.float64) / 255.0
-        f = 2.0**top
-        r = max(int(round(0.6 * reach / f)), 0)
-        costs = []
-        for x, y in zip(xs, ys):
-            cx, cy = int(np.clip(x / f, 0, small.shape[1] - 1)), int(np.clip(y / f, 0, small.shape[0] - 1))
-            patch = small[max(cy - r, 0):cy + r + 1, max(cx - r, 0):cx + r + 1].reshape(-1, 3).mean(0)
-            costs.append(float(((np.log(patch + DETAIL_EPS) - np.log(anchor + DETAIL_EPS)) ** 2).sum()))
-        best = int(np.argmin(costs))
-        return float(xs[best]), float(ys[best])
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -537,12 +547,7 @@ class ExemplarAtlas:
         dv = v - a.feature[1] / cells
         metres = EARTH_CIRCUMFERENCE_M * a.cos_lat  # per world width at this cell's latitude
         ex_x, ex_y = du * metres / ex.m_per_px, dv * metres / ex.m_per_px
-        if a.turn & 4:
-            ex_x, ex_y = ex_y, ex_x
-        if a.turn & 1:
-            ex_x = -ex_x
-        if a.turn & 2:
-            ex_y = -ex_y
+        ex_x, ex_y = _turned(ex_x, ex_y, a.turn)
         ex_x, ex_y = ex_x + a.offset[0], ex_y + a.offset[1]
         footprint = metres / world / ex.m_per_px  # octave-0 pixels per output pixel
         return self._at_scale(ex, ex_x, ex_y, footprint)

@@ -167,23 +167,55 @@ def test_detail_is_relative_to_the_parent_level():
     assert bright.max() < 1 and bright.min() > 0.97
 
 
-def test_a_cell_takes_the_part_of_its_exemplar_that_matches_the_world(tmp_path):
-    # One exemplar, dark forest on the left and bright sand on the right: a cell over dark land lays
-    # the dark half over its footprint, a cell over bright land the bright half.
-    img = np.zeros((512, 512, 3), np.uint8)
-    img[:, :256] = (40, 70, 35)
-    img[:, 256:] = (200, 170, 120)
-    (tmp_path / "data").mkdir()
-    Image.fromarray(img).save(tmp_path / "data" / "halves.png")
-    record = ImageRecord(str(tmp_path / "data" / "halves.png"), 512, 512, 2000.0, None, None, "halves", "test",
-                         "train", file="landsat_30m/halves.png")
-    build(tmp_path / "data", tmp_path / "atlas", budget_mb=5, bands=BANDS, shares=(1, 1), records=[record])
-    atlas = ExemplarAtlas(tmp_path / "atlas")
-    ex = atlas.exemplars[0]
-    su, sv = np.linspace(0.05, 0.95, 8), np.full(8, 0.5)
-    dark_x, _ = atlas._best_offset(ex, 60.0, su, sv, np.array([0.16, 0.27, 0.14]))
-    bright_x, _ = atlas._best_offset(ex, 60.0, su, sv, np.array([0.78, 0.67, 0.47]))
-    assert dark_x < ex.width / 2 - 30 and bright_x > ex.width / 2 + 30
+def test_cells_of_a_region_show_contiguous_ground(tiny_atlas):
+    # A region lays one exemplar as a sheet: two neighbouring cells with the same exemplar map the
+    # same ground point to the same exemplar pixel (no border between them), unless the sheet
+    # folded back by a whole period between them.
+    from cascade.atlas import _turned, feature_points, region_of
+
+    band, seed = 1, 5
+    spec = tiny_atlas.bands[band]
+    cells = 1 << spec.cells_log2
+    flat = lambda *args: np.broadcast_to(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None],
+                                         (3, args[4], args[3])).copy()
+    i, j = np.meshgrid(np.arange(40, 56), np.arange(50, 66))
+    i, j = i.reshape(-1), j.reshape(-1)
+    fx, fy = feature_points(seed, band, i, j)
+    ri, rj = region_of(seed, band, cells, fx, fy)
+    cells_of = tiny_atlas.assign(seed, band, i, j, flat)
+    pairs = contiguous = 0
+    for a in range(len(i)):
+        for b in range(a + 1, len(i)):
+            ea, eb = cells_of[a], cells_of[b]
+            if abs(i[a] - i[b]) + abs(j[a] - j[b]) != 1 or (ri[a], rj[a]) != (ri[b], rj[b]):
+                continue
+            if ea.exemplar is None or ea.exemplar is not eb.exemplar:
+                continue
+            pairs += 1
+            scale = spec.cell_metres() * ea.cos_lat / ea.exemplar.m_per_px
+            expected = _turned((fx[b] - fx[a]) * scale, (fy[b] - fy[a]) * scale, ea.turn)
+            assert ea.turn == eb.turn
+            step = np.subtract(eb.offset, ea.offset)
+            if np.allclose(step, expected, atol=0.02 * scale):
+                contiguous += 1
+            else:  # folded: a whole period along an axis
+                assert np.allclose(np.abs(step - expected).max(), ea.exemplar.width - scale, atol=0.05 * scale) or \
+                    np.allclose(np.abs(step - expected).max(), ea.exemplar.height - scale, atol=0.05 * scale)
+    assert pairs >= 20 and contiguous >= 0.4 * pairs  # here the exemplar is 4 cells wide: a fold every 3 cells
+
+
+def test_exemplar_water_is_filled_with_the_land_around_it():
+    # A dark teal lake in a field: the build replaces it by the field's colour, so no exemplar
+    # prints lakes on land; the field itself is untouched.
+    from cascade.training.build_atlas import fill_water
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:] = (150, 140, 90)
+    img[20:40, 24:44] = (25, 47, 44)
+    filled, share = fill_water(img)
+    assert 0.09 < share < 0.2
+    assert np.abs(filled[28:32, 32:36].astype(int) - (150, 140, 90)).max() <= 3
+    assert (filled[:10] == img[:10]).all()
 
 
 def _painter(atlas, steps, strength=0.5):

@@ -29,6 +29,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
@@ -51,6 +53,10 @@ SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
 # UC Merced classes of single objects rather than land cover: a collage of them looks wrong.
 SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "storagetanks", "runway", "overpass",
                             "harbor"})
+# Image sets that photograph one footprint on many dates: more than two dates of it would make
+# one place most of its band's candidates (the same fields everywhere).
+DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
+SERIES_DATES = 2
 
 
 def equator_m_per_px(zoom: int) -> float:
@@ -170,6 +176,57 @@ def land_cover_scene(rec: ImageRecord, mean: np.ndarray, img: np.ndarray) -> boo
     return not (hazy(mean) or "cloud" in rec.file.lower() or (cover != 1 and cloudy(img)))
 
 
+MAX_WATER = 0.4  # an image mostly of water is no land-cover exemplar
+
+
+def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
+    """Open water (and black no-data) in a uint8 (H, W, 3) image: near-black, or dark with blue at
+    nearly as strong as green and above red (blue or teal); grown by `grow` px to take the shoreline's mixed pixels."""
+    rgb = img.astype(np.float32) / 255.0
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mean = rgb.mean(-1)
+    mask = (mean < 0.06) | ((mean < 0.25) & (b >= g - 0.03) & (b > r + 0.01)) | ((b > g + 0.02) & (b > r + 0.08))
+    for _ in range(grow):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
+
+
+def fill_water(img: np.ndarray) -> tuple[np.ndarray, float]:
+    """The image with its open water replaced by a smooth fill of the land around it (push-pull:
+    masked means down a pyramid, then back up into the holes), and the share that was water.
+
+    Water comes from the world itself (the root paints seas and lakes); an exemplar's own lakes
+    and shorelines would otherwise print as dark blots and bright rims on land everywhere."""
+    mask = water_mask(img)
+    share = float(mask.mean())
+    if share == 0 or share == 1:
+        return img, share
+    value = img.astype(np.float32) * ~mask[..., None]
+    weight = (~mask).astype(np.float32)
+    levels = []
+    while True:
+        levels.append((value, weight))
+        if weight.min() > 0 or min(weight.shape) < 2:
+            break
+        h, w = weight.shape[0] // 2 * 2, weight.shape[1] // 2 * 2
+        value = value[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).sum(axis=(1, 3))
+        weight = weight[:h, :w].reshape(h // 2, 2, w // 2, 2).sum(axis=(1, 3))
+    filled = levels[-1][0] / np.maximum(levels[-1][1], 1e-6)[..., None]
+    for value, weight in reversed(levels[:-1]):
+        # Bilinear, not nearest, on the way up: a blocky fill would print its squares as detail.
+        up = F.interpolate(torch.from_numpy(filled.transpose(2, 0, 1).copy())[None], size=weight.shape,
+                           mode="bilinear", align_corners=False)[0].numpy().transpose(1, 2, 0)
+        known = np.minimum(weight, 1.0)[..., None]
+        filled = known * value / np.maximum(weight, 1e-6)[..., None] + (1 - known) * up
+    out = np.where(mask[..., None], filled, img.astype(np.float32))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8), share
+
+
 def encode_jpeg(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
@@ -189,11 +246,18 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
         budget = budget_mb * 1e6 * shares[index] / sum(shares)
         pool = interleaved([r for r in records if eligible(r, band, index)], seed + index)
         spent, taken = 0, 0
+        dates: dict[str, int] = defaultdict(int)
         bar = tqdm(pool, desc=f"{band.name} z{band.top}-{band.bottom}", unit="img", leave=False, file=sys.stderr)
         for rec in bar:
             if spent >= budget:
                 break
+            if rec.group in DATED_SERIES and dates[rec.place] >= SERIES_DATES:
+                continue
             img = valid_box(load_image(rec))
+            if index > 0:
+                img, water = fill_water(img)
+                if water > MAX_WATER:
+                    continue
             if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
                 continue  # mostly no-data
             g0, levels = octaves(img, rec.m_per_px, band)
@@ -207,6 +271,7 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
                 blob += data
             exemplars.append(entry)
+            dates[rec.place] += 1
             spent += sum(len(d) for d in encoded)
             taken += 1
         bar.close()
