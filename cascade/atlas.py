@@ -14,11 +14,12 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    water, snow, bare ground, forest, open land) as the world's own imagery around the cell's
    feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
    zoom of the band; water cells get no detail. Among the candidates, all cells of a region
-   (about 4 x 4 cells, irregular outline) rank the exemplars alike and share an orientation, so
-   neighbours show other parts of the same exemplar; closeness of colour breaks the ranking,
-   and of a few hashed offsets the cell takes the part of the exemplar closest in colour to the
-   world there. Every zoom of a band shows the same exemplar in a cell: zooming in reveals the same fields
-   and roads, sharper.
+   (about 4 x 4 cells, irregular outline) rank the exemplars alike, so neighbours of one land
+   cover take the same exemplar (closeness of colour breaks the ranking), and the region lays it
+   as one sheet: one hashed shift, one orientation, so neighbouring cells show contiguous ground
+   and no border between them. Where a cell's place on the sheet runs off the exemplar it folds
+   back by whole periods, and a seam shows along that cell's border. Every zoom of a band shows
+   the same exemplar in a cell: zooming in reveals the same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
    takes from it is one octave of detail as a log ratio, log E - log bicubic_up(area_down(E))
@@ -85,19 +86,20 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 5-20 km of Landsat at z8-z11, 600 m of Sentinel-2 and NAIP at z12-z14 (small enough for
-# the 1.2 km BigEarthNet patches of five countries), and 38 m of 0.15-0.3 m aerial imagery at
-# z15-z18 (small enough for the 78 m land-use photos: fields, forest, scrub, not only towns). A band only rebuilds an exemplar over its own zooms (coarser
+# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, and 38 m of
+# 0.15-0.3 m aerial imagery at z15-z18 (small enough for the 78 m UC Merced land-use photos: fields,
+# forest, scrub, not only towns). A band only rebuilds an exemplar over its own zooms (coarser
 # octaves come from the band above), so the deepest band is long: four octaves of one photo.
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) a little below a high-frequency energy ratio of 1: a gain above
 # what the finest octave needs over-strengthens that octave once deeper zooms magnify it, and
-# the cascade keeps every octave it has painted (blobs at the zooms below).
+# the cascade keeps every octave it has painted (blobs at the zooms below). The regional band
+# stays at 1: its exemplars' finest octave is sensor grain, which at 1.5 printed as blobs at z12.
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5),
-    Band("regional", 8, 9, 11, gain=1.0),
-    Band("landscape", 10, 11, 13, gain=1.0),
+    Band("regional", 8, 9, 11, gain=0.5),
+    Band("landscape", 10, 11, 13, gain=0.75),
     Band("local", 12, 14, 15, gain=1.25),
     Band("fine", 15, 18, 20, gain=1.75),
 )
@@ -318,6 +320,10 @@ def soft_add(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> 
 
 
 DETAIL_EPS = 0.03  # keeps the ratio of near-black pixels (shadows, deep water) bounded
+# Share of an octave's colour contrast kept beside its light and shade. Fine detail of real imagery
+# is mostly brightness; at full strength the colour part, magnified down the cascade, painted pink
+# and teal speckle on plains.
+CHROMA_DETAIL = 0.5
 
 
 def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
@@ -538,7 +544,9 @@ class ExemplarAtlas:
         coarse = F.interpolate(torch.from_numpy(down)[None], scale_factor=2, mode="bicubic", align_corners=False)
         r, c = y0 + rows - gy0, x0 + cols - gx0
         coarse = coarse[0].numpy().transpose(1, 2, 0)[r, c].clip(0, 1)
-        return self.bands[band].gain * (np.log(image[r, c] + DETAIL_EPS) - np.log(coarse + DETAIL_EPS))
+        ratio = np.log(image[r, c] + DETAIL_EPS) - np.log(coarse + DETAIL_EPS)
+        light = ratio.mean(1, keepdims=True)
+        return self.bands[band].gain * (light + CHROMA_DETAIL * (ratio - light))
 
     def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""

@@ -216,6 +216,10 @@ def test_exemplar_water_is_filled_with_the_land_around_it():
     assert 0.09 < share < 0.2
     assert np.abs(filled[28:32, 32:36].astype(int) - (150, 140, 90)).max() <= 3
     assert (filled[:10] == img[:10]).all()
+    # Dark forest of the same colour but with texture is land: left alone.
+    forest = np.clip(np.array((30, 55, 50)) + np.random.default_rng(0).normal(0, 12, (64, 64, 1)), 0, 255)
+    same, share = fill_water(forest.astype(np.uint8))
+    assert share < 0.05 and (same == forest.astype(np.uint8)).mean() > 0.95
 
 
 def _painter(atlas, steps, strength=0.5):

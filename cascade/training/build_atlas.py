@@ -50,9 +50,10 @@ EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs o
 BUDGET_SHARES = (0.25, 0.08, 0.12, 0.15, 0.40)
 # Whole-Earth mosaics are the root itself; MODIS has no known scale.
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
-# UC Merced classes of single objects rather than land cover: a collage of them looks wrong.
+# UC Merced classes of single objects or of one land use rather than land cover: a collage of
+# them looks wrong (golf bunkers in the Sahara, crossroads in every field).
 SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "storagetanks", "runway", "overpass",
-                            "harbor"})
+                            "harbor", "golfcourse", "intersection", "freeway", "parkinglot", "mobilehomepark"})
 # Image sets that photograph one footprint on many dates: more than two dates of it would make
 # one place most of its band's candidates (the same fields everywhere).
 DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
@@ -179,13 +180,21 @@ def land_cover_scene(rec: ImageRecord, mean: np.ndarray, img: np.ndarray) -> boo
 MAX_WATER = 0.4  # an image mostly of water is no land-cover exemplar
 
 
-def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
-    """Open water (and black no-data) in a uint8 (H, W, 3) image: near-black, or dark with blue at
-    nearly as strong as green and above red (blue or teal); grown by `grow` px to take the shoreline's mixed pixels."""
+def water_mask(img: np.ndarray, grow: int = 4) -> np.ndarray:
+    """Open water (and black no-data) in a uint8 (H, W, 3) image: smooth (little brightness
+    variation over 5x5 px) and near-black or bluish: dark with blue nearly as strong as green and
+    above red (teal lakes), or darkish blue. Smoothness keeps dark forest and shadows, which have
+    the colour of a lake but not its calm. Grown by `grow` px to take the shoreline (where the 5x5 test fails) and its
+    mixed pixels."""
     rgb = img.astype(np.float32) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mean = rgb.mean(-1)
-    mask = (mean < 0.06) | ((mean < 0.25) & (b >= g - 0.03) & (b > r + 0.01)) | ((b > g + 0.02) & (b > r + 0.08))
+    light = torch.from_numpy(mean)[None, None]
+    m1 = F.avg_pool2d(F.pad(light, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    m2 = F.avg_pool2d(F.pad(light * light, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    smooth = ((m2 - m1 * m1).clamp(min=0).sqrt()[0, 0] < 0.025).numpy()
+    bluish = ((mean < 0.25) & (b >= g - 0.03) & (b > r + 0.01)) | ((mean < 0.4) & (b > g + 0.02) & (b > r + 0.08))
+    mask = smooth & ((mean < 0.06) | bluish)
     for _ in range(grow):
         grown = mask.copy()
         grown[1:] |= mask[:-1]
