@@ -74,6 +74,11 @@ class Band:
     bottom: int
     cells_log2: int  # cells per world side = 2**cells_log2
     gain: float = 1.0  # scale of each stage's octave of exemplar detail
+    # Share of the octave's colour contrast kept beside its light and shade. The fine detail of
+    # real imagery is mostly brightness; at full strength the colour part of the few mid-zoom
+    # exemplars, magnified down the cascade, painted pink and teal speckle on plains. The Blue
+    # Marble tiles of the continental band are the real colours of land at that scale: all kept.
+    chroma: float = 0.5
 
     @property
     def anchor_zoom(self) -> int:
@@ -94,10 +99,11 @@ class Band:
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) a little below a high-frequency energy ratio of 1: a gain above
 # what the finest octave needs over-strengthens that octave once deeper zooms magnify it, and
-# the cascade keeps every octave it has painted (blobs at the zooms below). The regional band
-# stays at 1: its exemplars' finest octave is sensor grain, which at 1.5 printed as blobs at z12.
+# the cascade keeps every octave it has painted (blobs at the zooms below). The regional and
+# landscape bands sit well below: their few exemplars' finest octaves are mostly grain, and at
+# 1.5 and 1.0 that grain, magnified, printed as dark blobs at z11-z12.
 BANDS = (
-    Band("continental", 5, 7, 7, gain=1.5),
+    Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
     Band("regional", 8, 9, 11, gain=0.5),
     Band("landscape", 10, 11, 13, gain=0.75),
     Band("local", 12, 14, 15, gain=1.25),
@@ -320,10 +326,6 @@ def soft_add(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> 
 
 
 DETAIL_EPS = 0.03  # keeps the ratio of near-black pixels (shadows, deep water) bounded
-# Share of an octave's colour contrast kept beside its light and shade. Fine detail of real imagery
-# is mostly brightness; at full strength the colour part, magnified down the cascade, painted pink
-# and teal speckle on plains.
-CHROMA_DETAIL = 0.5
 
 
 def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
@@ -546,7 +548,8 @@ class ExemplarAtlas:
         coarse = coarse[0].numpy().transpose(1, 2, 0)[r, c].clip(0, 1)
         ratio = np.log(image[r, c] + DETAIL_EPS) - np.log(coarse + DETAIL_EPS)
         light = ratio.mean(1, keepdims=True)
-        return self.bands[band].gain * (light + CHROMA_DETAIL * (ratio - light))
+        spec = self.bands[band]
+        return spec.gain * (light + spec.chroma * (ratio - light))
 
     def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
