@@ -176,13 +176,11 @@ def test_cells_of_a_region_show_contiguous_ground(tiny_atlas):
     band, seed = 1, 5
     spec = tiny_atlas.bands[band]
     cells = 1 << spec.cells_log2
-    flat = lambda *args: np.broadcast_to(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None],
-                                         (3, args[4], args[3])).copy()
     i, j = np.meshgrid(np.arange(40, 56), np.arange(50, 66))
     i, j = i.reshape(-1), j.reshape(-1)
     fx, fy = feature_points(seed, band, i, j)
     ri, rj = region_of(seed, band, cells, fx, fy)
-    cells_of = tiny_atlas.assign(seed, band, i, j, flat)
+    cells_of = tiny_atlas.assign(seed, band, i, j, flat(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None]))
     pairs = contiguous = 0
     for a in range(len(i)):
         for b in range(a + 1, len(i)):

@@ -184,8 +184,8 @@ def water_mask(img: np.ndarray, grow: int = 4) -> np.ndarray:
     """Open water (and black no-data) in a uint8 (H, W, 3) image: smooth (little brightness
     variation over 5x5 px) and near-black or bluish: dark with blue nearly as strong as green and
     above red (teal lakes), or darkish blue. Smoothness keeps dark forest and shadows, which have
-    the colour of a lake but not its calm. Grown by `grow` px to take the shoreline (where the 5x5 test fails) and its
-    mixed pixels."""
+    the colour of a lake but not its calm. Grown by `grow` px (4-neighbour steps) to take the
+    shoreline, where the 5x5 test fails, and its mixed pixels."""
     rgb = img.astype(np.float32) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mean = rgb.mean(-1)
@@ -263,12 +263,12 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             if rec.group in DATED_SERIES and dates[rec.place] >= SERIES_DATES:
                 continue
             img = valid_box(load_image(rec))
+            if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
+                continue  # mostly no-data
             if index > 0:
                 img, water = fill_water(img)
                 if water > MAX_WATER:
                     continue
-            if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
-                continue  # mostly no-data
             g0, levels = octaves(img, rec.m_per_px, band)
             mean, std = descriptor(levels[0], g0, band)
             if index > 0 and not land_cover_scene(rec, np.array(mean), levels[0]):
