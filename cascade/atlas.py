@@ -13,7 +13,8 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    orientations. The candidates are the exemplars of the same coarse land cover (`land_cover`:
    water, snow, bare ground, forest, open land) as the world's own imagery around the cell's
    feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
-   zoom of the band; water cells get no detail. Among the candidates, all cells of a region
+   zoom of the band (where the band has none of that cover, its nearest kin: forest for open
+   land and back, never snow); water cells get no detail. Among the candidates, all cells of a region
    (about 4 x 4 cells, irregular outline) rank the exemplars alike, so neighbours of one land
    cover take the same exemplar (closeness of colour breaks the ranking), and the region lays it
    as one sheet: one hashed shift, one orientation, so neighbouring cells show contiguous ground
@@ -91,22 +92,22 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 5-20 km of Landsat at z8-z11, a km of Sentinel-2 and NAIP at z12-z14, and 38 m of
+# z5-z7, 10-30 km of Landsat at z8-z12, a few km of Sentinel-2 and NAIP at z13-z14, and 38 m of
 # 0.15-0.3 m aerial imagery at z15-z18 (small enough for the 78 m UC Merced land-use photos: fields,
 # forest, scrub, not only towns). A band only rebuilds an exemplar over its own zooms (coarser
-# octaves come from the band above), so the deepest band is long: four octaves of one photo.
+# octaves come from the band above), and octaves of two unrelated images stacked on each other
+# read as mottled blotches, not as a place; so bands are long where the data allow: the Landsat
+# band paints five octaves of one scene (field patterns at z9-z10, their edges at z11-z12), the
+# fine band four octaves of one photo.
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
-# (bench/atlas_gain.py, see README) a little below a high-frequency energy ratio of 1: a gain above
-# what the finest octave needs over-strengthens that octave once deeper zooms magnify it, and
-# the cascade keeps every octave it has painted (blobs at the zooms below). The regional and
-# landscape bands sit well below: their few exemplars' finest octaves are mostly grain, and at
-# 1.5 and 1.0 that grain, magnified, printed as dark blobs at z11-z12.
+# (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
+# finest octave needs over-strengthens that octave once deeper zooms magnify it, and the cascade
+# keeps every octave it has painted (blobs at the zooms below).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
-    Band("regional", 8, 9, 11, gain=0.5),
-    Band("landscape", 10, 11, 13, gain=0.75),
-    Band("local", 12, 14, 15, gain=1.25),
+    Band("landscape", 8, 12, 13, gain=1.0),
+    Band("local", 13, 14, 15, gain=1.25),
     Band("fine", 15, 18, 20, gain=1.75),
 )
 REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
@@ -297,18 +298,22 @@ class Exemplar:
 
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
+# Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
+# forest falls back on open land and open land on forest, never on snow or glaciers.
+COVER_KIN = ((), (1, 4, 2), (2, 4, 3), (3, 4, 2), (4, 3, 2))
 CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
 
 
 def land_cover(rgb: np.ndarray) -> np.ndarray:
     """A coarse land cover class (index into LAND_COVERS) from mean sRGB colours in [0, 1]:
-    the same rules for the world's own pixels and for the exemplars."""
+    the same rules for the world's own pixels and for the exemplars. Snow is pale and grey or
+    bluish; pale ground with a warm cast (a dry plain, a beach) is bare."""
     rgb = np.asarray(rgb, np.float64)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     bright, spread = rgb.mean(-1), rgb.max(-1) - rgb.min(-1)
     return np.select(
-        [b > np.maximum(r, g) + 0.02, (rgb.min(-1) > 0.55) & (spread < 0.15), (r > g + 0.02) & (bright > 0.25),
-         bright < 0.2],
+        [b > np.maximum(r, g) + 0.02, (rgb.min(-1) > 0.55) & (spread < 0.15) & (b > r - 0.04),
+         (r > g + 0.02) & (bright > 0.25), bright < 0.2],
         [0, 1, 2, 3], default=4)
 
 
@@ -449,9 +454,11 @@ class ExemplarAtlas:
             window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
             mean = window.reshape(3, -1).mean(1).astype(np.float64)
             cover = int(land_cover(mean))
-            candidates = np.flatnonzero(covers == cover) if cover != 0 else np.zeros(0, np.int64)
-            if cover != 0 and not len(candidates):
-                candidates = np.flatnonzero(covers != 0)
+            candidates = np.zeros(0, np.int64)
+            for kin in COVER_KIN[cover]:  # the cover itself, else its nearest kin in the band
+                candidates = np.flatnonzero(covers == kin)
+                if len(candidates):
+                    break
             feature = (float(fx[k]), float(fy[k]))
             if not len(candidates):
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))

@@ -220,6 +220,55 @@ def test_exemplar_water_is_filled_with_the_land_around_it():
     assert share < 0.05 and (same == forest.astype(np.uint8)).mean() > 0.95
 
 
+def test_exemplar_keeps_the_land_beside_an_inner_no_data_hole():
+    # A black hole inside a scene: the largest clean box keeps most of the image, where
+    # trimming edges greedily (the continental band's rule) ends up with a thin strip.
+    from cascade.training.build_atlas import valid_box
+
+    img = np.full((240, 320, 3), 120, np.uint8)
+    img[100:140, 240:280] = 0
+    box = valid_box(img)
+    assert box.shape[0] * box.shape[1] >= 0.6 * 240 * 320
+    assert (box.max(axis=-1) > 30).all()  # none of the hole
+    greedy = valid_box(img, interior=False)
+    assert greedy.shape[0] * greedy.shape[1] < box.shape[0] * box.shape[1]
+
+
+def test_exemplar_crop_avoids_the_lake():
+    # A scene wider than an exemplar keeps its driest window: the lake on the right stays out.
+    from cascade.training.build_atlas import driest_crop
+
+    water = np.zeros((100, 300), bool)
+    water[:, 220:] = True
+    rows, cols = driest_crop(water, water, side=100, step=10)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (100, 100)
+    assert not water[rows, cols].any()
+
+
+def test_land_cover_of_snow_and_pale_warm_ground():
+    from cascade.atlas import LAND_COVERS, land_cover
+
+    def cover(rgb):
+        return LAND_COVERS[int(land_cover(np.array(rgb)))]
+
+    assert cover((0.9, 0.92, 0.93)) == "snow"
+    assert cover((0.72, 0.66, 0.6)) == "bare"  # a pale dry plain is no snowfield
+    assert cover((0.08, 0.15, 0.06)) == "forest"
+
+
+def test_a_cover_missing_from_a_band_takes_its_kin_never_snow(tiny_atlas):
+    # The tiny atlas has no forest exemplar: dark forest cells take open-land ones (green, grey),
+    # not the snow or the sand.
+    from cascade.atlas import LAND_COVERS, land_cover
+
+    cells = 1 << tiny_atlas.bands[1].cells_log2
+    i, j = np.meshgrid(np.arange(cells), np.arange(cells // 2))
+    forest = flat(np.array([0.08, 0.15, 0.06], np.float32)[:, None, None])
+    chosen = {a.exemplar.name for a in tiny_atlas.assign(5, 1, i.ravel(), j.ravel(), forest)}
+    covers = {LAND_COVERS[int(land_cover(np.array(e.mean)))] for e in tiny_atlas.exemplars if e.name in chosen}
+    assert covers == {"open"}, (chosen, covers)
+
+
 def _painter(atlas, steps, strength=0.5):
     return MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=steps, atlas=atlas,
                            strength=strength)
