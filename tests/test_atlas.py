@@ -220,6 +220,25 @@ def test_exemplar_water_is_filled_with_the_land_around_it():
     assert share < 0.05 and (same == forest.astype(np.uint8)).mean() > 0.95
 
 
+def test_exemplar_water_takes_the_texture_of_other_land():
+    # A lake in textured fields becomes fields too (land copied from elsewhere in the scene), not a
+    # smooth blot: its texture is about as strong as the land's.
+    from cascade.training.build_atlas import fill_water
+
+    rng = np.random.default_rng(1)
+    fields = _texture(rng, 96, (150, 140, 90))
+    lake = fields.copy()
+    lake[30:60, 30:60] = (25, 47, 44)
+    filled, share = fill_water(lake)
+    assert share > 0.08
+    inside = filled[34:56, 34:56].astype(float).mean(-1)
+    land = fields.astype(float).mean(-1)
+    grain = np.abs(np.diff(inside, axis=1)).mean()  # pixel-scale texture, which a smooth fill lacks
+    assert grain > 0.4 * np.abs(np.diff(land, axis=1)).mean()  # a smooth fill: 0.15 of it
+    assert np.abs(inside.mean() - land.mean()) < 20
+    assert (filled[:20] == lake[:20]).all()
+
+
 def test_exemplar_keeps_the_land_beside_an_inner_no_data_hole():
     # A black hole inside a scene: the largest clean box keeps most of the image, where
     # trimming edges greedily (the continental band's rule) ends up with a thin strip.

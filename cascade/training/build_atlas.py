@@ -8,7 +8,7 @@ places of `cascade.training.data.split_of`) that is sharp enough for the band's 
 Images are taken round-robin across image sets and places (so no single set swamps a band),
 until the band's share of the byte budget is spent. Each chosen image is cropped to a box free
 of no-data (`valid_box`), then below the continental band to the `MAX_SIDE` px window with the
-least water (`driest_crop`; `fill_water` replaces what water is left by the land around it),
+least water (`driest_crop`; `fill_water` replaces what water is left by land of the same scene),
 centre-cropped to at most `MAX_SIDE` px (the continental band), area-downsampled by whole octaves
 (never upsampled) from the finest octave the band needs to the coarsest, and each octave is
 stored as a JPEG in `atlas.bin`. `atlas.json` records the octaves and a colour descriptor (mean
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, hazy, land_cover
+from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, _reflect, hazy, land_cover
 from cascade.training.data import (
     EQUATOR_M_PER_PX_Z0, ImageRecord, _dilate, _integral, area_downsample_image, load_image, load_index, nodata_mask,
 )
@@ -47,9 +47,9 @@ JPEG_QUALITY = 85
 MAX_SIDE = 1024
 MIN_OCTAVE_SIDE = 8
 EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs off its edge
-# Share of the byte budget per band (in BANDS order): the finest and the Landsat bands have the
-# most variety to offer.
-BUDGET_SHARES = (0.25, 0.20, 0.15, 0.40)
+# Share of the byte budget per band (in BANDS order): the continental and fine bands have the most
+# images to offer; the Landsat and local bands run out of images well before their share.
+BUDGET_SHARES = (0.25, 0.15, 0.15, 0.45)
 # Whole-Earth mosaics are the root itself; MODIS has no known scale.
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
 # UC Merced classes of single objects or of one land use rather than land cover: a collage of
@@ -262,9 +262,18 @@ def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
     return _dilate(smooth & ((mean < 0.06) | bluish), grow)
 
 
+# Displacements (fractions of the image's height and width) from which water pixels copy land.
+LAND_SHIFTS = ((0, 1 / 2), (1 / 2, 0), (1 / 2, 1 / 2), (1 / 3, -1 / 3), (-1 / 3, 1 / 4), (1 / 4, 1 / 3))
+
+
 def fill_water(img: np.ndarray) -> tuple[np.ndarray, float]:
-    """The image with its open water replaced by a smooth fill of the land around it (push-pull:
-    masked means down a pyramid, then back up into the holes), and the share that was water.
+    """The image with its open water replaced by land, and the share that was water.
+
+    Each water pixel copies the pixel a fixed shift away (`LAND_SHIFTS`, mirrored at the edges)
+    where that one is land, so a lake becomes other fields of the same scene, with a parcel-like
+    edge along its old shore; a smooth fill would print as a blurry blot in every cell that shows
+    the lake. What no shift reaches gets a smooth fill of the land around it (push-pull: masked
+    means down a pyramid, then back up into the holes).
 
     Water comes from the world itself (the root paints seas and lakes); an exemplar's own lakes
     and shorelines would otherwise print as dark blots and bright rims on land everywhere."""
@@ -272,6 +281,17 @@ def fill_water(img: np.ndarray) -> tuple[np.ndarray, float]:
     share = float(mask.mean())
     if share == 0 or share == 1:
         return img, share
+    h, w = mask.shape
+    copied, hole = img.copy(), mask.copy()
+    for fy, fx in LAND_SHIFTS:
+        ys, xs = np.nonzero(hole)
+        sy, sx = _reflect(ys + int(fy * h), h), _reflect(xs + int(fx * w), w)
+        land = ~mask[sy, sx]
+        copied[ys[land], xs[land]] = img[sy[land], sx[land]]
+        hole[ys[land], xs[land]] = False
+    if not hole.any():
+        return copied, share
+    img, mask = copied, hole
     value = img.astype(np.float32) * ~mask[..., None]
     weight = (~mask).astype(np.float32)
     levels = []
