@@ -304,6 +304,16 @@ COVER_KIN = ((), (1, 4, 2), (2, 4, 3), (3, 4, 2), (4, 3, 2))
 CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
 
 
+def _kin_candidates(covers: np.ndarray, cover: int) -> np.ndarray:
+    """Indices of the exemplars (of land covers `covers`) that a cell of `cover` draws: those of
+    its own cover, else of its nearest kin present (`COVER_KIN`); none for water."""
+    for kin in COVER_KIN[cover]:
+        candidates = np.flatnonzero(covers == kin)
+        if len(candidates):
+            return candidates
+    return np.zeros(0, np.int64)
+
+
 def land_cover(rgb: np.ndarray) -> np.ndarray:
     """A coarse land cover class (index into LAND_COVERS) from mean sRGB colours in [0, 1]:
     the same rules for the world's own pixels and for the exemplars. Snow is pale and grey or
@@ -383,11 +393,14 @@ class ExemplarAtlas:
         self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
         # The JSON records the blob's SHA-256, so this digest names the pixels too.
         self.digest = hashlib.sha256(text.encode()).hexdigest()
+        # Per band: its exemplars, their colours, and for each land cover the candidates it draws
+        # (its own exemplars, else its nearest kin's, `COVER_KIN`), resolved once, not per cell.
         self._by_band = []
         for b in range(len(self.bands)):
             members = [e for e in self.exemplars if e.band == b]
             means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
-            self._by_band.append((members, means, land_cover(means).reshape(-1)))
+            covers = land_cover(means).reshape(-1)
+            self._by_band.append((members, means, tuple(_kin_candidates(covers, c) for c in range(len(LAND_COVERS)))))
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
@@ -431,7 +444,7 @@ class ExemplarAtlas:
         za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        members, means, covers = self._by_band[band]
+        members, means, candidates_of = self._by_band[band]
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
         ri, rj = region_of(seed, band, cells, fx, fy)
@@ -454,11 +467,7 @@ class ExemplarAtlas:
             window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
             mean = window.reshape(3, -1).mean(1).astype(np.float64)
             cover = int(land_cover(mean))
-            candidates = np.zeros(0, np.int64)
-            for kin in COVER_KIN[cover]:  # the cover itself, else its nearest kin in the band
-                candidates = np.flatnonzero(covers == kin)
-                if len(candidates):
-                    break
+            candidates = candidates_of[cover]
             feature = (float(fx[k]), float(fy[k]))
             if not len(candidates):
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
