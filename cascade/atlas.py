@@ -92,13 +92,14 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 10-30 km of Landsat at z8-z12, a few km of Sentinel-2 and NAIP at z13-z14, and 38 m of
-# 0.15-0.3 m aerial imagery at z15-z18 (small enough for the 78 m UC Merced land-use photos: fields,
-# forest, scrub, not only towns). A band only rebuilds an exemplar over its own zooms (coarser
-# octaves come from the band above), and octaves of two unrelated images stacked on each other
-# read as mottled blotches, not as a place; so bands are long where the data allow: the Landsat
-# band paints five octaves of one scene (field patterns at z9-z10, their edges at z11-z12), the
-# fine band four octaves of one photo.
+# z5-z7, 10-30 km Landsat and Sentinel-2 scenes at z8-z14, and 38 m of 0.15-0.3 m aerial imagery
+# at z15-z18 (small enough for the 78 m UC Merced land-use photos: fields, forest, scrub, not only
+# towns). A band only rebuilds an exemplar over its own zooms (coarser octaves come from the band
+# above), and octaves of two unrelated images stacked on each other read as mottled blotches, not
+# as a place; so bands are long where the data allow: the landscape band paints one scene from its
+# field pattern at z9 to its field edges at z12 (30 m Landsat) or z14 (10 m Sentinel-2: the same
+# fields and hedgerows, sharp), the fine band four octaves of one photo. Past an exemplar's own
+# resolution it adds nothing (`FINEST_FOOTPRINT`): a Landsat cell stays as z12 left it at z13-z14.
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
@@ -106,8 +107,7 @@ class Band:
 # keeps every octave it has painted (blobs at the zooms below).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
-    Band("landscape", 8, 12, 13, gain=1.0),
-    Band("local", 13, 14, 15, gain=1.25),
+    Band("landscape", 8, 14, 13, gain=1.0),
     Band("fine", 15, 18, 20, gain=1.75),
 )
 REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
@@ -296,6 +296,7 @@ class Exemplar:
         return self.levels[0][3]
 
 
+FINEST_FOOTPRINT = 0.75  # exemplar pixels per canvas pixel below which an exemplar adds no detail
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 # Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
@@ -548,7 +549,11 @@ class ExemplarAtlas:
                        rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """One cell's exemplar E on this zoom's pixel grid over bicubic_up(area_down(E)), as a log
         ratio, at the given canvas pixels: exactly the octave a stage adds to the upsampled parent,
-        so a band's zooms rebuild the exemplar octave by octave. float32 (N, 3)."""
+        so a band's zooms rebuild the exemplar octave by octave; none where this zoom's pixels are
+        finer than the exemplar's own (it is never upsampled past its resolution: magnified, its
+        pixels and JPEG blocks would print as squares). float32 (N, 3)."""
+        if EARTH_CIRCUMFERENCE_M * a.cos_lat / world / a.exemplar.m_per_px < FINEST_FOOTPRINT:
+            return np.zeros((len(rows), 3), np.float32)
         m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
         gx0 = (x0 + int(cols.min()) - m) // 2 * 2  # even, on the parent grid
         gy0 = (y0 + int(rows.min()) - m) // 2 * 2

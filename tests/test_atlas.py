@@ -220,6 +220,24 @@ def test_exemplar_water_is_filled_with_the_land_around_it():
     assert share < 0.05 and (same == forest.astype(np.uint8)).mean() > 0.95
 
 
+def test_water_mask_keeps_dark_conifers_and_specks_as_land():
+    # Satellite scenes show calm conifer stands near-black, but green above red and blue; a deep
+    # lake as dark has no such green. Dark specks (a shadow, a clump of dark pixels) are not
+    # lakes either: filling them would paste squares of other land into the scene.
+    from cascade.training.build_atlas import water_mask
+
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[:] = (120, 130, 80)
+    img[8:28, 8:28] = (6, 12, 5)  # conifers: dark, smooth, green
+    img[36:56, 36:56] = (6, 8, 10)  # a dark lake
+    for y, x in ((4, 40), (20, 44), (44, 10)):
+        img[y:y + 3, x:x + 3] = (5, 5, 5)  # dark specks on the field
+    water = water_mask(img, grow=0)
+    assert not water[10:26, 10:26].any()
+    assert water[38:54, 38:54].all()
+    assert not water[4:7, 40:43].any() and not water[20:23, 44:47].any() and not water[44:47, 10:13].any()
+
+
 def test_exemplar_water_takes_the_texture_of_other_land():
     # A lake in textured fields becomes fields too (land copied from elsewhere in the scene), not a
     # smooth blot: its texture is about as strong as the land's.

@@ -183,3 +183,18 @@ def test_select_patches_is_stratified():
     assert sorted(counts[counts > 0].tolist()) == [1, 3, 8, 8]
     assert np.array_equal(evaluate.select_patches(mpp, 20, seed=1), sel)
     assert len(evaluate.select_patches(mpp, 0)) == len(mpp)
+
+
+def test_chain_world_reads_area_means_above_the_chain_start():
+    # The atlas reads a band's anchor zoom, which can lie above a real chain's first zoom, and
+    # further above than the start image is wide: there the start's mean stands for every pixel.
+    from cascade.training.realism import ChainWorld
+
+    img = torch.arange(2 * 8 * 8, dtype=torch.float32).reshape(1, 2, 8, 8)
+    world = ChainWorld()
+    world.put(10, 80, 40, img)
+    np.testing.assert_array_equal(world.read(10, 81, 40, 2, 1), img[0, :, 0:1, 1:3].numpy())
+    np.testing.assert_allclose(world.read(9, 40, 20, 1, 1)[:, 0, 0], img[0, :, :2, :2].mean((1, 2)).numpy())
+    far = world.read(5, 2, 1, 3, 2)
+    assert far.shape == (2, 2, 3)
+    np.testing.assert_allclose(far, np.broadcast_to(img[0].mean((1, 2)).numpy()[:, None, None], (2, 2, 3)))

@@ -3,8 +3,9 @@
     python -m cascade.training.build_atlas --data-dir DIR [--out cascade/atlas] [--budget-mb 46]
 
 For each zoom band of `cascade.atlas.BANDS` the pool is every training image (never the held-out
-places of `cascade.training.data.split_of`) that is sharp enough for the band's deepest zoom
-(native m/px at most 1.05x that zoom's equatorial resolution) and wide enough to fill a cell.
+places of `cascade.training.data.split_of`) that is sharp enough for the band's first `SHARP_ZOOMS` zooms
+(native m/px at most 1.05x the equatorial resolution of the last of them, or of the band's deepest
+zoom if nearer) and wide enough to fill a cell.
 Images are taken round-robin across image sets and places (so no single set swamps a band),
 until the band's share of the byte budget is spent. Each chosen image is cropped to a box free
 of no-data (`valid_box`), then below the continental band to the `MAX_SIDE` px window with the
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, _reflect, hazy, land_cover
 from cascade.training.data import (
-    EQUATOR_M_PER_PX_Z0, ImageRecord, _dilate, _integral, area_downsample_image, load_image, load_index, nodata_mask,
+    EQUATOR_M_PER_PX_Z0, ImageRecord, _dilate, _erode, _integral, area_downsample_image, load_image, load_index, nodata_mask,
 )
 
 log = logging.getLogger("cascade.training.build_atlas")
@@ -48,8 +49,12 @@ MAX_SIDE = 1024
 MIN_OCTAVE_SIDE = 8
 EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs off its edge
 # Share of the byte budget per band (in BANDS order): the continental and fine bands have the most
-# images to offer; the Landsat and local bands run out of images well before their share.
-BUDGET_SHARES = (0.25, 0.15, 0.15, 0.45)
+# images to offer; the landscape band runs out of images well before its share.
+BUDGET_SHARES = (0.25, 0.30, 0.45)
+# Zooms of its band an exemplar must be sharp enough for: five octaves of a scene are a place
+# (fields at z9, their edges at z12 for Landsat); the deeper zooms of a long band rebuild the
+# exemplars that are sharper still (10 m Sentinel-2 to z14) and leave the others as they are.
+SHARP_ZOOMS = 5
 # Whole-Earth mosaics are the root itself; MODIS has no known scale.
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
 # UC Merced classes of single objects or of one land use rather than land cover: a collage of
@@ -70,13 +75,13 @@ def equator_m_per_px(zoom: int) -> float:
 
 
 def eligible(rec: ImageRecord, band: Band, index: int) -> bool:
-    """Whether an image can serve a band: sharp enough for its deepest zoom, wide enough for two cells."""
+    """Whether an image can serve a band: sharp enough for its first zooms, wide enough for two cells."""
     if (rec.split != "train" or rec.m_per_px is None or rec.group in SKIPPED_GROUPS or rec.place in SKIPPED_PLACES
             or rec.file in SKIPPED_SCENES):
         return False
     if (rec.group == "bluemarble_tiles") != (index == 0):  # the Blue Marble tiles are the continental band
         return False
-    if rec.m_per_px > 1.05 * equator_m_per_px(band.bottom):
+    if rec.m_per_px > 1.05 * equator_m_per_px(min(band.bottom, band.top + SHARP_ZOOMS - 1)):
         return False
     return min(rec.width, rec.height) * rec.m_per_px >= EXTENT_CELLS * band.cell_metres()
 
@@ -243,14 +248,18 @@ def land_cover_scene(rec: ImageRecord, mean: np.ndarray, img: np.ndarray) -> boo
 
 
 MAX_WATER = 0.4  # an image mostly of water is no land-cover exemplar
+DARK_GREEN = 0.01  # near-black pixels with green this far above red and blue are forest, not water
 
 
 def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
     """Open water (and black no-data) in a uint8 (H, W, 3) image: smooth (little brightness
-    variation over 5x5 px) and near-black or bluish: blue above red and about as strong as green,
-    not bright (blue and teal lakes and reservoirs). Smoothness keeps dark forest and shadows,
-    which have the colour of a lake but not its calm. Grown by `grow` px (a square) to take the
-    shoreline, where the 5x5 test fails, and its mixed pixels."""
+    variation over 5x5 px) and either near-black but not green, or bluish: blue above red and about
+    as strong as green, not bright (blue and teal lakes and reservoirs). Smoothness keeps textured
+    dark forest and shadows; the green test keeps the calm, near-black conifer stands of satellite
+    scenes (green above red and blue, where deep water has blue at least as strong as green). Specks
+    narrower than 5 px are dropped (an opening): a shadow or a dark pixel clump is not a lake, and
+    filling it would paste a square of other land into the scene. Grown by `grow` px (a square) to
+    take the shoreline, where the 5x5 test fails, and its mixed pixels."""
     rgb = img.astype(np.float32) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     mean = rgb.mean(-1)
@@ -258,8 +267,9 @@ def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
     m1 = F.avg_pool2d(F.pad(light, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     m2 = F.avg_pool2d(F.pad(light * light, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
     smooth = ((m2 - m1 * m1).clamp(min=0).sqrt()[0, 0] < 0.025).numpy()
+    dark = (mean < 0.06) & (g <= np.maximum(r, b) + DARK_GREEN)
     bluish = (b > r + 0.05) & (b >= g - 0.05) & (mean < 0.45)
-    return _dilate(smooth & ((mean < 0.06) | bluish), grow)
+    return _dilate(_erode(smooth & (dark | bluish), 2), 2 + grow)
 
 
 # Displacements (fractions of the image's height and width) from which water pixels copy land.

@@ -172,7 +172,10 @@ class ChainWorld:
             fx, fy, img = self.levels[finer]
             f = 2 ** (finer - z)
             c, hh, ww = img.shape
-            small = img[:, : hh // f * f, : ww // f * f].reshape(c, hh // f, f, ww // f, f).mean(axis=(2, 4))
+            if hh < f or ww < f:  # coarser than the whole start: its mean is one pixel there
+                small = img.mean(axis=(1, 2), keepdims=True)
+            else:
+                small = img[:, : hh // f * f, : ww // f * f].reshape(c, hh // f, f, ww // f, f).mean(axis=(2, 4))
             self.levels[z] = (fx // f, fy // f, small)
         ox, oy, img = self.levels[z]
         rows = np.clip(np.arange(y0, y0 + h) - oy, 0, img.shape[1] - 1)
