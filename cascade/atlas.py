@@ -365,6 +365,10 @@ class Assignment:
     cos_lat: float  # ground scale of the cell's region
     feature: tuple[float, float]  # the cell's feature point, cell units
 
+    def footprint(self, world: int) -> float:
+        """Octave-0 exemplar pixels per canvas pixel on a zoom `world` pixels wide."""
+        return EARTH_CIRCUMFERENCE_M * self.cos_lat / world / self.exemplar.m_per_px
+
 
 class ExemplarAtlas:
     """A loaded atlas: `reference` renders what the real world would look like in a canvas."""
@@ -552,7 +556,7 @@ class ExemplarAtlas:
         so a band's zooms rebuild the exemplar octave by octave; none where this zoom's pixels are
         finer than the exemplar's own (it is never upsampled past its resolution: magnified, its
         pixels and JPEG blocks would print as squares). float32 (N, 3)."""
-        if EARTH_CIRCUMFERENCE_M * a.cos_lat / world / a.exemplar.m_per_px < FINEST_FOOTPRINT:
+        if a.footprint(world) < FINEST_FOOTPRINT:
             return np.zeros((len(rows), 3), np.float32)
         m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
         gx0 = (x0 + int(cols.min()) - m) // 2 * 2  # even, on the parent grid
@@ -581,8 +585,7 @@ class ExemplarAtlas:
         ex_x, ex_y = du * metres / ex.m_per_px, dv * metres / ex.m_per_px
         ex_x, ex_y = _turned(ex_x, ex_y, a.turn)
         ex_x, ex_y = ex_x + a.offset[0], ex_y + a.offset[1]
-        footprint = metres / world / ex.m_per_px  # octave-0 pixels per output pixel
-        return self._at_scale(ex, ex_x, ex_y, footprint)
+        return self._at_scale(ex, ex_x, ex_y, a.footprint(world))
 
     def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
         """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave
