@@ -13,14 +13,15 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    orientations. The candidates are the exemplars of the same coarse land cover (`land_cover`:
    water, snow, bare ground, forest, open land) as the world's own imagery around the cell's
    feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
-   zoom of the band (where the band has none of that cover, its nearest kin: forest for open
+   zoom of the band (where the band has few of that cover, its nearest kin's too: forest for open
    land and back, never snow); water cells get no detail. Among the candidates, all cells of a region
    (about 4 x 4 cells, irregular outline) rank the exemplars alike, so neighbours of one land
    cover take the same exemplar (closeness of colour breaks the ranking), and the region lays it
    as one sheet: one hashed shift, one orientation, so neighbouring cells show contiguous ground
    and no border between them. Where a cell's place on the sheet runs off the exemplar it folds
-   back by whole periods, and a seam shows along that cell's border. Every zoom of a band shows
-   the same exemplar in a cell: zooming in reveals the same fields and roads, sharper.
+   back by whole periods, and a seam shows along that cell's border. The fine band's photos are
+   too small for sheets: there each cell draws its own. Every zoom of a band shows the same
+   exemplar in a cell: zooming in reveals the same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
    takes from it is one octave of detail as a log ratio, log E - log bicubic_up(area_down(E))
@@ -80,6 +81,14 @@ class Band:
     # exemplars, magnified down the cascade, painted pink and teal speckle on plains. The Blue
     # Marble tiles of the continental band are the real colours of land at that scale: all kept.
     chroma: float = 0.5
+    # Cells per region side, log2: the cells of a region rank the exemplars alike and lay the
+    # chosen one as one sheet. 0: every cell draws and lays its exemplar alone.
+    regions_log2: int = 2
+    # Score per unit of squared chromaticity distance between a cell's anchor colour and an
+    # exemplar (the ranking weighs 1): how strongly a cell prefers exemplars of its own colour.
+    chroma_weight: float = 20.0
+    # A land cover with fewer exemplars than this in the band also draws its kin's (`COVER_KIN`).
+    least_candidates: int = 1
 
     @property
     def anchor_zoom(self) -> int:
@@ -105,12 +114,19 @@ class Band:
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
 # finest octave needs over-strengthens that octave once deeper zooms magnify it, and the cascade
 # keeps every octave it has painted (blobs at the zooms below).
+# The fine band's cells draw alone, among at least 8 photos, and take no account of colour. Its
+# photos (78-300 m) are too small to lay as one sheet over a 150 m region: folded back by whole
+# periods, one photo printed the same houses in every cell, a grid. Its detail is mostly light
+# and shade on the parent's colour, so matching colour only narrowed a cell's choice to the
+# greenest few. And the Blue Marble's dark tropical green reads as forest, of which the band has
+# two photos: they tiled every rainforest and farm of the tropics at z15-z18. Drawing among all
+# photos of the cover and its kin brought fields, orchards, roofs and roads instead
+# (bench/root_chains.py, see README).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
     Band("landscape", 8, 14, 13, gain=1.0),
-    Band("fine", 15, 18, 20, gain=1.75),
+    Band("fine", 15, 18, 20, gain=1.75, regions_log2=0, chroma_weight=0.0, least_candidates=8),
 )
-REGION_LOG2 = 2  # regions of 4 x 4 cells rank the exemplars alike: neighbours look alike
 
 
 def band_of_zoom(zoom: int, bands: tuple[Band, ...] = BANDS) -> int:
@@ -183,10 +199,14 @@ def feature_points(seed: int, band: int, i: np.ndarray, j: np.ndarray) -> tuple[
     return fx, fy
 
 
-def region_of(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The region (of about 4 x 4 cells) of feature points: a coarse grid seen through a smooth
-    warp, so regions have irregular outlines rather than square ones."""
-    size = 1 << REGION_LOG2
+def region_of(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray,
+              regions_log2: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """The region (of about 2**regions_log2 cells a side) of feature points: a coarse grid seen
+    through a smooth warp, so regions have irregular outlines rather than square ones; with
+    `regions_log2` 0 each cell is its own region."""
+    if regions_log2 == 0:
+        return np.floor(fx).astype(np.int64) % cells, np.floor(fy).astype(np.int64)
+    size = 1 << regions_log2
     x, y = np.asarray(fx, np.float64) / size, np.asarray(fy, np.float64) / size
     period = max(cells // size, 1)
     wx = x + 0.45 * value_noise(seed, band, 11, x * 2, y * 2, 2 * period)
@@ -302,17 +322,18 @@ LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 # Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
 # forest falls back on open land and open land on forest, never on snow or glaciers.
 COVER_KIN = ((), (1, 4, 2), (2, 4, 3), (3, 4, 2), (4, 3, 2))
-CHROMA_WEIGHT = 20.0  # score per unit of squared chromaticity distance (region choice weighs 1)
 
 
-def _kin_candidates(covers: np.ndarray, cover: int) -> np.ndarray:
+def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarray:
     """Indices of the exemplars (of land covers `covers`) that a cell of `cover` draws: those of
-    its own cover, else of its nearest kin present (`COVER_KIN`); none for water."""
+    its own cover, joined by those of its nearest kin (`COVER_KIN`) until there are at least
+    `least`; none for water."""
+    found: list[int] = []
     for kin in COVER_KIN[cover]:
-        candidates = np.flatnonzero(covers == kin)
-        if len(candidates):
-            return candidates
-    return np.zeros(0, np.int64)
+        found.extend(np.flatnonzero(covers == kin).tolist())
+        if len(found) >= least:
+            break
+    return np.asarray(found, np.int64)
 
 
 def land_cover(rgb: np.ndarray) -> np.ndarray:
@@ -399,13 +420,14 @@ class ExemplarAtlas:
         # The JSON records the blob's SHA-256, so this digest names the pixels too.
         self.digest = hashlib.sha256(text.encode()).hexdigest()
         # Per band: its exemplars, their colours, and for each land cover the candidates it draws
-        # (its own exemplars, else its nearest kin's, `COVER_KIN`), resolved once, not per cell.
+        # (its own exemplars, with its nearest kin's where few, `COVER_KIN`), resolved once.
         self._by_band = []
         for b in range(len(self.bands)):
             members = [e for e in self.exemplars if e.band == b]
             means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
             covers = land_cover(means).reshape(-1)
-            self._by_band.append((members, means, tuple(_kin_candidates(covers, c) for c in range(len(LAND_COVERS)))))
+            least = self.bands[b].least_candidates
+            self._by_band.append((members, means, tuple(_kin_candidates(covers, c, least) for c in range(len(LAND_COVERS)))))
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
@@ -440,8 +462,9 @@ class ExemplarAtlas:
         cell and the world's pixels at the band's anchor zoom around the cell's feature point.
 
         The anchor's land cover picks the candidates (water gets no detail); among them the
-        region's ranking and the closeness of colour choose. Painting `zoom` above the band's top
-        (a world whose root is shallower than the band) reads the zoom above it instead."""
+        region's ranking and the closeness of colour (the band's `chroma_weight`) choose. Painting
+        `zoom` above the band's top (a world whose root is shallower than the band) reads the zoom
+        above it instead."""
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
         i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
@@ -452,16 +475,17 @@ class ExemplarAtlas:
         members, means, candidates_of = self._by_band[band]
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
-        ri, rj = region_of(seed, band, cells, fx, fy)
+        ri, rj = region_of(seed, band, cells, fx, fy, spec.regions_log2)
+        size = 1 << spec.regions_log2
         # The ground scale of the region's middle row, shared by its cells so their sheets agree.
-        v = np.clip((rj + 0.5) * (1 << REGION_LOG2) / cells, 1e-6, 1 - 1e-6)
+        v = np.clip((rj + 0.5) * size / cells, 1e-6, 1 - 1e-6)
         cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
         region_rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
         turns = cell_hash(seed, band, ri, rj, 8) % 8
         # Each region lays its exemplar as one sheet (a hashed shift, the region's orientation), so
         # neighbours show contiguous ground and their border is invisible; a cell whose place on
         # the sheet runs off the exemplar folds back by whole periods (a seam where that happens).
-        ox, oy = ri * (1 << REGION_LOG2), rj * (1 << REGION_LOG2)
+        ox, oy = ri * size, rj * size
         rel_x = (fx - ox + cells / 2) % cells - cells / 2  # across the antimeridian too
         rel_y = fy - oy
         shift_u = _unit(cell_hash(seed, band, ri, rj, 9))
@@ -478,7 +502,7 @@ class ExemplarAtlas:
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
                 continue
             chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
-            choice = members[int(candidates[np.argmin(region_rank[k, candidates] + CHROMA_WEIGHT * chroma)])]
+            choice = members[int(candidates[np.argmin(region_rank[k, candidates] + spec.chroma_weight * chroma)])]
             scale = spec.cell_metres() * cos_lat[k] / choice.m_per_px  # octave-0 px per cell unit
             sheet = _turned(rel_x[k] * scale, rel_y[k] * scale, int(turns[k]))
             offset = (_fold(sheet[0] + shift_u[k] * choice.width, choice.width, SHEET_MARGIN * scale),

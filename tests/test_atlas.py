@@ -409,3 +409,45 @@ def test_cli_paints_with_the_reference_alone_one_flag_away(tmp_path, tiny_weight
             main(base + flags)
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_cover_with_few_exemplars_also_draws_its_kin():
+    # Two forest exemplars are too few for a band's every forest: open land joins them, then bare
+    # ground only if still too few; never snow, and water draws nothing.
+    from cascade.atlas import LAND_COVERS, _kin_candidates
+
+    forest, open_, bare, snow = (LAND_COVERS.index(c) for c in ("forest", "open", "bare", "snow"))
+    covers = np.array([forest, forest, snow] + [open_] * 6 + [bare])
+    assert _kin_candidates(covers, forest, 1).tolist() == [0, 1]
+    assert sorted(_kin_candidates(covers, forest, 8).tolist()) == [0, 1, 3, 4, 5, 6, 7, 8]
+    assert sorted(_kin_candidates(covers, forest, 9).tolist()) == [0, 1, 3, 4, 5, 6, 7, 8, 9]
+    assert 2 not in _kin_candidates(covers, forest, 100).tolist()
+    assert len(_kin_candidates(covers, LAND_COVERS.index("water"), 8)) == 0
+
+
+def test_cells_of_a_band_without_regions_draw_alone(tiny_atlas):
+    # With regions of one cell and no colour preference, neighbouring cells draw their own
+    # exemplar, orientation and place in it; with the default regions they mostly share them.
+    import copy
+    import dataclasses
+
+    alone = copy.copy(tiny_atlas)
+    alone.bands = (tiny_atlas.bands[0], dataclasses.replace(tiny_atlas.bands[1], regions_log2=0, chroma_weight=0.0))
+    i, j = np.meshgrid(np.arange(40, 56), np.arange(50, 66))
+    i, j = i.reshape(-1), j.reshape(-1)
+    green = flat(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None])
+
+    def shared(atlas):
+        cells = atlas.assign(5, 1, i, j, green)
+        same = [cells[a].exemplar is cells[b].exemplar and cells[a].turn == cells[b].turn
+                for a in range(len(i)) for b in range(a + 1, len(i)) if abs(i[a] - i[b]) + abs(j[a] - j[b]) == 1]
+        return float(np.mean(same)), {c.exemplar.name for c in cells}
+
+    grouped, _ = shared(tiny_atlas)
+    apart, names = shared(alone)
+    assert grouped > 0.6 and apart < 0.4, (grouped, apart)
+    assert len(names) >= 2
+    # Still a pure function of the seed and the cell.
+    again = alone.assign(5, 1, i, j, green)
+    assert [(c.exemplar.name, c.turn, c.offset) for c in again] == \
+        [(c.exemplar.name, c.turn, c.offset) for c in alone.assign(5, 1, i, j, green)]

@@ -21,6 +21,7 @@ The same inputs give byte-identical files (fixed seeds, sorted inputs, one JPEG 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -381,8 +382,7 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
     (out / "atlas.bin").write_bytes(bytes(blob))
     meta = dict(
         format=ATLAS_FORMAT,
-        bands=[dict(name=b.name, top=b.top, bottom=b.bottom, cells_log2=b.cells_log2, gain=b.gain, chroma=b.chroma)
-               for b in bands],
+        bands=[dataclasses.asdict(b) for b in bands],
         blob_bytes=len(blob),
         blob_sha256=hashlib.sha256(blob).hexdigest(),
         jpeg_quality=JPEG_QUALITY,
