@@ -60,8 +60,11 @@ SHARP_ZOOMS = 5
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
 # UC Merced classes of single objects or of one land use rather than land cover: a collage of
 # them looks wrong (golf bunkers in the Sahara, crossroads in every field).
+# So are the classes of water: a silty river the mask cannot tell from land, and surf that the
+# water fill pasted into blocks; a cell drawing them printed a smooth band or breakers inland.
 SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "storagetanks", "runway", "overpass",
-                            "harbor", "golfcourse", "intersection", "freeway", "parkinglot", "mobilehomepark"})
+                            "harbor", "golfcourse", "intersection", "freeway", "parkinglot", "mobilehomepark",
+                            "river", "beach"})
 # Scenes whose water the mask cannot tell from land: the Amazon's silt-brown river is the colour of
 # bare soil, and cut into cells it printed brown wedges across forest.
 SKIPPED_SCENES = frozenset({"xlandsat_30m/manaus_amazon_2023-07-23.jpg"})
