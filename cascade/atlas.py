@@ -317,6 +317,7 @@ class Exemplar:
 
 
 FINEST_FOOTPRINT = 0.75  # exemplar pixels per canvas pixel below which an exemplar adds no detail
+ANCHOR_READ_PX = 1 << 22  # largest box of anchor pixels the assignment reads at once
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 # Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
@@ -490,24 +491,42 @@ class ExemplarAtlas:
         rel_y = fy - oy
         shift_u = _unit(cell_hash(seed, band, ri, rj, 9))
         shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
+        anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
+        covers = land_cover(anchor)
+        tints = chromaticity(means)
         out = []
         for k in range(len(i)):
-            cx, cy = fx[k] / cells * world, fy[k] / cells * world
-            window = read(za, int(math.floor(cx - side / 2)), int(math.floor(cy - side / 2)), side, side)
-            mean = window.reshape(3, -1).mean(1).astype(np.float64)
-            cover = int(land_cover(mean))
-            candidates = candidates_of[cover]
+            candidates = candidates_of[int(covers[k])]
             feature = (float(fx[k]), float(fy[k]))
             if not len(candidates):
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
                 continue
-            chroma = ((chromaticity(means[candidates]) - chromaticity(mean)) ** 2).sum(1)
-            choice = members[int(candidates[np.argmin(region_rank[k, candidates] + spec.chroma_weight * chroma)])]
+            score = region_rank[k, candidates]
+            if spec.chroma_weight:
+                score = score + spec.chroma_weight * ((tints[candidates] - chromaticity(anchor[k])) ** 2).sum(1)
+            choice = members[int(candidates[np.argmin(score)])]
             scale = spec.cell_metres() * cos_lat[k] / choice.m_per_px  # octave-0 px per cell unit
             sheet = _turned(rel_x[k] * scale, rel_y[k] * scale, int(turns[k]))
             offset = (_fold(sheet[0] + shift_u[k] * choice.width, choice.width, SHEET_MARGIN * scale),
                       _fold(sheet[1] + shift_v[k] * choice.height, choice.height, SHEET_MARGIN * scale))
             out.append(Assignment(choice, int(turns[k]), offset, float(cos_lat[k]), feature))
+        return out
+
+    @staticmethod
+    def _anchor_colours(read: WindowReader, zoom: int, cx: np.ndarray, cy: np.ndarray, side: int) -> np.ndarray:
+        """Mean colour of the side x side window of `zoom` around each point (global pixels),
+        float64 (N, 3): one read of the box around them all where they lie together (the cells
+        of a canvas; one read per cell cost more than the rest of the assignment), else one each
+        (cells on both sides of the antimeridian)."""
+        x0 = np.floor(cx - side / 2).astype(np.int64)
+        y0 = np.floor(cy - side / 2).astype(np.int64)
+        bx, by = int(x0.min()), int(y0.min())
+        width, height = int(x0.max()) - bx + side, int(y0.max()) - by + side
+        box = read(zoom, bx, by, width, height) if width * height <= ANCHOR_READ_PX else None
+        out = np.empty((len(x0), 3))
+        for k, (x, y) in enumerate(zip(x0.tolist(), y0.tolist())):
+            window = read(zoom, x, y, side, side) if box is None else box[:, y - by:y - by + side, x - bx:x - bx + side]
+            out[k] = window.reshape(3, -1).mean(1)
         return out
 
     # -- rendering ---------------------------------------------------------------------------
