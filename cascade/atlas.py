@@ -420,15 +420,16 @@ class ExemplarAtlas:
         self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
         # The JSON records the blob's SHA-256, so this digest names the pixels too.
         self.digest = hashlib.sha256(text.encode()).hexdigest()
-        # Per band: its exemplars, their colours, and for each land cover the candidates it draws
-        # (its own exemplars, with its nearest kin's where few, `COVER_KIN`), resolved once.
+        # Per band: its exemplars, their chromaticities, and for each land cover the candidates it
+        # draws (its own exemplars, with its nearest kin's where few, `COVER_KIN`), resolved once.
         self._by_band = []
         for b in range(len(self.bands)):
             members = [e for e in self.exemplars if e.band == b]
             means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
             covers = land_cover(means).reshape(-1)
             least = self.bands[b].least_candidates
-            self._by_band.append((members, means, tuple(_kin_candidates(covers, c, least) for c in range(len(LAND_COVERS)))))
+            self._by_band.append((members, chromaticity(means),
+                                  tuple(_kin_candidates(covers, c, least) for c in range(len(LAND_COVERS)))))
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
@@ -473,7 +474,7 @@ class ExemplarAtlas:
         za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        members, means, candidates_of = self._by_band[band]
+        members, tints, candidates_of = self._by_band[band]
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
         ri, rj = region_of(seed, band, cells, fx, fy, spec.regions_log2)
@@ -493,7 +494,6 @@ class ExemplarAtlas:
         shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
         covers = land_cover(anchor)
-        tints = chromaticity(means)
         out = []
         for k in range(len(i)):
             candidates = candidates_of[int(covers[k])]
