@@ -318,6 +318,7 @@ class Exemplar:
 
 FINEST_FOOTPRINT = 0.75  # exemplar pixels per canvas pixel below which an exemplar adds no detail
 ANCHOR_READ_PX = 1 << 22  # largest box of anchor pixels the assignment reads at once
+OCTAVE_BATCH_PX = 1 << 20  # box pixels of the cells whose octaves of detail are computed together
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 # Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
@@ -522,12 +523,16 @@ class ExemplarAtlas:
         y0 = np.floor(cy - side / 2).astype(np.int64)
         bx, by = int(x0.min()), int(y0.min())
         width, height = int(x0.max()) - bx + side, int(y0.max()) - by + side
-        box = read(zoom, bx, by, width, height) if width * height <= ANCHOR_READ_PX else None
-        out = np.empty((len(x0), 3))
-        for k, (x, y) in enumerate(zip(x0.tolist(), y0.tolist())):
-            window = read(zoom, x, y, side, side) if box is None else box[:, y - by:y - by + side, x - bx:x - bx + side]
-            out[k] = window.reshape(3, -1).mean(1)
-        return out
+        if width * height > ANCHOR_READ_PX:
+            return np.stack([read(zoom, x, y, side, side).reshape(3, -1).mean(1)
+                             for x, y in zip(x0.tolist(), y0.tolist())]).astype(np.float64)
+        box = read(zoom, bx, by, width, height)
+        d = np.arange(side)
+        rows = (y0 - by)[:, None, None] + d[None, :, None]
+        cols = (x0 - bx)[:, None, None] + d[None, None, :]
+        windows = np.ascontiguousarray(box[:, rows, cols].transpose(1, 0, 2, 3))  # (N, 3, side, side)
+        # Row by row, as one window's mean is taken (the same float32 sums, so the same covers).
+        return windows.reshape(-1, side * side).mean(1).reshape(len(x0), 3).astype(np.float64)
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -577,47 +582,111 @@ class ExemplarAtlas:
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(cell_ids) + 1))
         assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom)
+        jobs = []  # (assignment, its pixels, their weights) of every cell with an exemplar
         for q, a in enumerate(assignments):
-            sel = order[bounds[q]:bounds[q + 1]]
-            if a.exemplar is None:
-                continue
-            px = pixel[sel]
-            rows, cols = px // width, px % width
-            if whole:
-                colour = self._sample(a, cells, world, u[cols], v[rows])
-            else:
-                colour = self._octave_detail(a, band, cells, world, x0, y0, rows, cols)
-            # A pixel appears once per cell (its first and second cells differ): no duplicates here.
-            out[px] += weights[sel, None] * colour
-            cover[px] += weights[sel]
+            if a.exemplar is not None:
+                sel = order[bounds[q]:bounds[q + 1]]
+                jobs.append((a, pixel[sel], weights[sel]))
+        if whole:
+            colours = [self._sample(a, cells, world, u[px % width], v[px // width]) for a, px, _ in jobs]
+        else:
+            colours = self._octave_details([(a, px // width, px % width) for a, px, _ in jobs], band, cells, world, x0, y0)
+        if jobs:
+            # Cell by cell, in order: a pixel takes its first and second cell's shares.
+            px = np.concatenate([p for _, p, _ in jobs])
+            w = np.concatenate([w for _, _, w in jobs])
+            np.add.at(out, px, w[:, None] * np.concatenate(colours))
+            np.add.at(cover, px, w)
         return out.reshape(height, width, 3).transpose(2, 0, 1).copy(), cover.reshape(height, width)
 
-    def _octave_detail(self, a: Assignment, band: int, cells: int, world: int, x0: int, y0: int,
-                       rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """One cell's exemplar E on this zoom's pixel grid over bicubic_up(area_down(E)), as a log
-        ratio, at the given canvas pixels: exactly the octave a stage adds to the upsampled parent,
-        so a band's zooms rebuild the exemplar octave by octave; none where this zoom's pixels are
-        finer than the exemplar's own (it is never upsampled past its resolution: magnified, its
-        pixels and JPEG blocks would print as squares). float32 (N, 3)."""
-        if a.footprint(world) < FINEST_FOOTPRINT:
-            return np.zeros((len(rows), 3), np.float32)
-        m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
-        gx0 = (x0 + int(cols.min()) - m) // 2 * 2  # even, on the parent grid
-        gy0 = (y0 + int(rows.min()) - m) // 2 * 2
-        bw = -(-(x0 + int(cols.max()) + 1 + m - gx0) // 2) * 2
-        bh = -(-(y0 + int(rows.max()) + 1 + m - gy0) // 2) * 2
-        bu = (gx0 + np.arange(bw) + 0.5) / world
-        bv = (gy0 + np.arange(bh) + 0.5) / world
-        buu, bvv = np.meshgrid(bu, bv)
-        image = self._sample(a, cells, world, buu.reshape(-1), bvv.reshape(-1)).reshape(bh, bw, 3)
-        down = np.ascontiguousarray(image.reshape(bh // 2, 2, bw // 2, 2, 3).mean(axis=(1, 3)).transpose(2, 0, 1))
-        coarse = F.interpolate(torch.from_numpy(down)[None], scale_factor=2, mode="bicubic", align_corners=False)
-        r, c = y0 + rows - gy0, x0 + cols - gx0
-        coarse = coarse[0].numpy().transpose(1, 2, 0)[r, c].clip(0, 1)
-        ratio = np.log(image[r, c] + DETAIL_EPS) - np.log(coarse + DETAIL_EPS)
-        light = ratio.mean(1, keepdims=True)
+    def _octave_details(self, jobs: list[tuple[Assignment, np.ndarray, np.ndarray]], band: int, cells: int,
+                        world: int, x0: int, y0: int) -> list[np.ndarray]:
+        """For each (assignment, rows, cols) of canvas pixels: the cell's exemplar E on this zoom's
+        pixel grid over bicubic_up(area_down(E)), as a log ratio, at those pixels: exactly the
+        octave a stage adds to the upsampled parent, so a band's zooms rebuild the exemplar octave
+        by octave; none where this zoom's pixels are finer than the exemplar's own (it is never
+        upsampled past its resolution: magnified, its pixels and JPEG blocks would print as
+        squares). float32 (N, 3) each.
+
+        Each cell is computed on a box around its pixels, on the parent grid, with a margin the
+        bicubic step cannot see past. The boxes of many cells go through the down and up steps as
+        one batch, padded to a common size (the padding lies beyond the margin, so no value
+        changes): at a band's top zoom a canvas holds tens of thousands of 4-8 px cells, and one
+        call per cell cost most of a tile's time."""
         spec = self.bands[band]
-        return spec.gain * (light + spec.chroma * (ratio - light))
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
+        if not jobs:
+            return []
+        starts = np.cumsum([0] + [len(rows) for _, rows, _ in jobs[:-1]])
+        rows_all = np.concatenate([rows for _, rows, _ in jobs])
+        cols_all = np.concatenate([cols for _, _, cols in jobs])
+        gx0 = (x0 + np.minimum.reduceat(cols_all, starts) - m) // 2 * 2  # even, on the parent grid
+        gy0 = (y0 + np.minimum.reduceat(rows_all, starts) - m) // 2 * 2
+        bw = -(-(x0 + np.maximum.reduceat(cols_all, starts) + 1 + m - gx0) // 2) * 2
+        bh = -(-(y0 + np.maximum.reduceat(rows_all, starts) + 1 + m - gy0) // 2) * 2
+        boxes = []
+        for q, (a, rows, _) in enumerate(jobs):
+            if a.footprint(world) < FINEST_FOOTPRINT:
+                out[q] = np.zeros((len(rows), 3), np.float32)
+                continue
+            boxes.append((int(bh[q] * bw[q]), q, int(gx0[q]), int(gy0[q]), int(bw[q]), int(bh[q])))
+        boxes.sort()
+        start = 0
+        while start < len(boxes):
+            end, bw, bh = start + 1, boxes[start][4], boxes[start][5]
+            while end < len(boxes):
+                w2, h2 = max(bw, boxes[end][4]), max(bh, boxes[end][5])
+                if (end + 1 - start) * w2 * h2 > OCTAVE_BATCH_PX:
+                    break
+                bw, bh, end = w2, h2, end + 1
+            self._octave_batch(boxes[start:end], bw, bh, jobs, out, spec, cells, world, x0, y0)
+            start = end
+        return out
+
+    def _octave_batch(self, boxes, bw: int, bh: int, jobs, out, spec: Band, cells: int, world: int,
+                      x0: int, y0: int) -> None:
+        """`_octave_details` for one batch of cell boxes padded to bw x bh (`_sample`, the down and
+        up steps and the log ratio as in one cell, over all of them at once)."""
+        n = len(boxes)
+        q = [b[1] for b in boxes]
+        gx0 = np.array([b[2] for b in boxes], np.int64)
+        gy0 = np.array([b[3] for b in boxes], np.int64)
+        cell = [jobs[i][0] for i in q]
+        fx = np.array([a.feature[0] for a in cell])[:, None, None]
+        fy = np.array([a.feature[1] for a in cell])[:, None, None]
+        turn = np.array([a.turn for a in cell])[:, None, None]
+        iy, ix = np.meshgrid(np.arange(bh), np.arange(bw), indexing="ij")
+        du = ((gx0[:, None, None] + ix[None] + 0.5) / world - fx / cells + 0.5) % 1.0 - 0.5
+        dv = (gy0[:, None, None] + iy[None] + 0.5) / world - fy / cells
+        # (du * metres) / m_per_px as in `_sample`, then its dihedral turn (`_turned`)
+        metres = np.array([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in cell])[:, None, None]
+        m_px = np.array([a.exemplar.m_per_px for a in cell])[:, None, None]
+        ex_x, ex_y = du * metres / m_px, dv * metres / m_px
+        swap = (turn & 4) > 0
+        ex_x, ex_y = np.where(swap, ex_y, ex_x), np.where(swap, ex_x, ex_y)
+        ex_x = np.where((turn & 1) > 0, -ex_x, ex_x) + np.array([a.offset[0] for a in cell])[:, None, None]
+        ex_y = np.where((turn & 2) > 0, -ex_y, ex_y) + np.array([a.offset[1] for a in cell])[:, None, None]
+        image = np.empty((n, bh, bw, 3), np.float32)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, a in enumerate(cell):
+            groups.setdefault((a.exemplar.index, self._octave_of(a.exemplar, a.footprint(world))), []).append(k)
+        for (e, octave), members in groups.items():
+            scale = 2**octave
+            image[members] = bilinear(self.octave(self.exemplars[e], octave), ex_x[members].reshape(-1) / scale,
+                                      ex_y[members].reshape(-1) / scale).reshape(len(members), bh, bw, 3)
+        down = np.ascontiguousarray(image.reshape(n, bh // 2, 2, bw // 2, 2, 3).mean(axis=(2, 4)).transpose(0, 3, 1, 2))
+        coarse = F.interpolate(torch.from_numpy(down), scale_factor=2, mode="bicubic", align_corners=False)
+        coarse = coarse.numpy().transpose(0, 2, 3, 1)
+        lengths = [len(jobs[i][1]) for i in q]
+        k = np.repeat(np.arange(n), lengths)
+        r = y0 + np.concatenate([jobs[i][1] for i in q]) - gy0[k]
+        c = x0 + np.concatenate([jobs[i][2] for i in q]) - gx0[k]
+        ratio = np.log(image[k, r, c] + DETAIL_EPS) - np.log(coarse[k, r, c].clip(0, 1) + DETAIL_EPS)
+        light = ratio.mean(1, keepdims=True)
+        detail = spec.gain * (light + spec.chroma * (ratio - light))
+        for i, part in zip(q, np.split(detail, np.cumsum(lengths)[:-1])):
+            out[i] = part
 
     def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
@@ -634,6 +703,10 @@ class ExemplarAtlas:
         """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave
         whose pixels are no larger than that (never finer than octave 0). Blending two octaves
         (trilinear) would halve the contrast of the finest detail, which is all a stage adds."""
-        top = len(ex.levels) - 1
-        k = min(max(int(math.floor(math.log2(max(footprint, 1e-9)) + 1e-6)), 0), top)
+        k = self._octave_of(ex, footprint)
         return bilinear(self.octave(ex, k), x / 2**k, y / 2**k)
+
+    @staticmethod
+    def _octave_of(ex: Exemplar, footprint: float) -> int:
+        """The finest octave of `ex` whose pixels are no larger than `footprint` octave-0 pixels."""
+        return min(max(int(math.floor(math.log2(max(footprint, 1e-9)) + 1e-6)), 0), len(ex.levels) - 1)
