@@ -101,14 +101,18 @@ class Band:
 
 # Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
 # least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 10-30 km Landsat and Sentinel-2 scenes at z8-z14, and 38 m of 0.15-0.3 m aerial imagery
-# at z15-z18 (small enough for the 78 m UC Merced land-use photos: fields, forest, scrub, not only
+# z5-z7, 10-30 km Landsat and Sentinel-2 scenes at z8-z13, and 38 m of 0.15-0.3 m aerial imagery
+# at z14-z18 (small enough for the 78 m UC Merced land-use photos: fields, forest, scrub, not only
 # towns). A band only rebuilds an exemplar over its own zooms (coarser octaves come from the band
 # above), and octaves of two unrelated images stacked on each other read as mottled blotches, not
 # as a place; so bands are long where the data allow: the landscape band paints one scene from its
-# field pattern at z9 to its field edges at z12 (30 m Landsat) or z14 (10 m Sentinel-2: the same
-# fields and hedgerows, sharp), the fine band four octaves of one photo. Past an exemplar's own
-# resolution it adds nothing (`FINEST_FOOTPRINT`): a Landsat cell stays as z12 left it at z13-z14.
+# field pattern at z9 to its field edges at z12 (30 m Landsat) or z13 (10 m Sentinel-2), the fine
+# band five octaves of one photo. Past an exemplar's own resolution it adds nothing
+# (`FINEST_FOOTPRINT`): a Landsat cell stays as z12 left it at z13.
+# The fine band starts at z14, not z15: at z14 (10 m pixels) a Sentinel-2 cell adds its last
+# octave, but a 30 m Landsat cell adds nothing, so a town's roofs, yards and trees at z18 all had
+# the one colour and light its 10-20 m blocks got from the 30 m scene. A photo's own 10-20 m
+# octave gives them theirs (z14 and z18 both nearer real imagery: bench/root_chains.py, README).
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
@@ -124,8 +128,8 @@ class Band:
 # (bench/root_chains.py, see README).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
-    Band("landscape", 8, 14, 13, gain=1.0),
-    Band("fine", 15, 18, 20, gain=1.75, regions_log2=0, chroma_weight=0.0, least_candidates=8),
+    Band("landscape", 8, 13, 13, gain=1.0),
+    Band("fine", 14, 18, 20, gain=1.75, regions_log2=0, chroma_weight=0.0, least_candidates=8),
 )
 
 

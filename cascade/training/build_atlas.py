@@ -54,7 +54,7 @@ EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs o
 BUDGET_SHARES = (0.25, 0.30, 0.45)
 # Zooms of its band an exemplar must be sharp enough for: five octaves of a scene are a place
 # (fields at z9, their edges at z12 for Landsat); the deeper zooms of a long band rebuild the
-# exemplars that are sharper still (10 m Sentinel-2 to z14) and leave the others as they are.
+# exemplars that are sharper still (10 m Sentinel-2 to z13) and leave the others as they are.
 SHARP_ZOOMS = 5
 # Whole-Earth mosaics are the root itself; MODIS has no known scale.
 SKIPPED_GROUPS = frozenset({"bluemarble", "modis"})
