@@ -617,11 +617,11 @@ class ExemplarAtlas:
         one batch, padded to a common size (the padding lies beyond the margin, so no value
         changes): at a band's top zoom a canvas holds tens of thousands of 4-8 px cells, and one
         call per cell cost most of a tile's time."""
+        if not jobs:
+            return []
         spec = self.bands[band]
         out: list[np.ndarray | None] = [None] * len(jobs)
         m = 4  # the bicubic upsampling reads two parent pixels beyond each child pixel
-        if not jobs:
-            return []
         starts = np.cumsum([0] + [len(rows) for _, rows, _ in jobs[:-1]])
         rows_all = np.concatenate([rows for _, rows, _ in jobs])
         cols_all = np.concatenate([cols for _, _, cols in jobs])
@@ -656,24 +656,24 @@ class ExemplarAtlas:
         q = [b[1] for b in boxes]
         gx0 = np.array([b[2] for b in boxes], np.int64)
         gy0 = np.array([b[3] for b in boxes], np.int64)
-        cell = [jobs[i][0] for i in q]
-        fx = np.array([a.feature[0] for a in cell])[:, None, None]
-        fy = np.array([a.feature[1] for a in cell])[:, None, None]
-        turn = np.array([a.turn for a in cell])[:, None, None]
+        assigned = [jobs[i][0] for i in q]
+        fx = np.array([a.feature[0] for a in assigned])[:, None, None]
+        fy = np.array([a.feature[1] for a in assigned])[:, None, None]
+        turn = np.array([a.turn for a in assigned])[:, None, None]
         iy, ix = np.meshgrid(np.arange(bh), np.arange(bw), indexing="ij")
         du = ((gx0[:, None, None] + ix[None] + 0.5) / world - fx / cells + 0.5) % 1.0 - 0.5
         dv = (gy0[:, None, None] + iy[None] + 0.5) / world - fy / cells
         # (du * metres) / m_per_px as in `_sample`, then its dihedral turn (`_turned`)
-        metres = np.array([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in cell])[:, None, None]
-        m_px = np.array([a.exemplar.m_per_px for a in cell])[:, None, None]
+        metres = np.array([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in assigned])[:, None, None]
+        m_px = np.array([a.exemplar.m_per_px for a in assigned])[:, None, None]
         ex_x, ex_y = du * metres / m_px, dv * metres / m_px
         swap = (turn & 4) > 0
         ex_x, ex_y = np.where(swap, ex_y, ex_x), np.where(swap, ex_x, ex_y)
-        ex_x = np.where((turn & 1) > 0, -ex_x, ex_x) + np.array([a.offset[0] for a in cell])[:, None, None]
-        ex_y = np.where((turn & 2) > 0, -ex_y, ex_y) + np.array([a.offset[1] for a in cell])[:, None, None]
+        ex_x = np.where((turn & 1) > 0, -ex_x, ex_x) + np.array([a.offset[0] for a in assigned])[:, None, None]
+        ex_y = np.where((turn & 2) > 0, -ex_y, ex_y) + np.array([a.offset[1] for a in assigned])[:, None, None]
         image = np.empty((n, bh, bw, 3), np.float32)
         groups: dict[tuple[int, int], list[int]] = {}
-        for k, a in enumerate(cell):
+        for k, a in enumerate(assigned):
             groups.setdefault((a.exemplar.index, self._octave_of(a.exemplar, a.footprint(world))), []).append(k)
         for (e, octave), members in groups.items():
             scale = 2**octave
