@@ -290,13 +290,19 @@ def _turned(x, y, turn: int):
     return x, y
 
 
-def _fold(position: float, size: int, margin: float) -> float:
-    """A position on an endless sheet brought into [margin, size - margin] of the exemplar by whole
+def _turned_array(x: np.ndarray, y: np.ndarray, turn: np.ndarray):
+    """`_turned` for arrays of displacements and orientations."""
+    swap = (turn & 4) > 0
+    x, y = np.where(swap, y, x), np.where(swap, x, y)
+    return np.where((turn & 1) > 0, -x, x), np.where((turn & 2) > 0, -y, y)
+
+
+def _fold(position: np.ndarray, size: np.ndarray, margin: np.ndarray) -> np.ndarray:
+    """Positions on an endless sheet brought into [margin, size - margin] of the exemplar by whole
     periods (the middle of the exemplar where it is too small for the margin)."""
     period = size - 2 * margin
-    if period <= 0:
-        return size / 2
-    return float(margin + (position - margin) % period)
+    folded = margin + (position - margin) % np.where(period > 0, period, 1.0)
+    return np.where(period > 0, folded, size / 2)
 
 
 @dataclass(frozen=True)
@@ -499,22 +505,35 @@ class ExemplarAtlas:
         shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
         covers = land_cover(anchor)
+        # Each cell's choice among its cover's candidates, one cover at a time (-1: water, none).
+        chosen = np.full(len(i), -1, np.int64)
+        for cover in np.unique(covers).tolist():
+            candidates = candidates_of[cover]
+            if not len(candidates):
+                continue
+            at = np.flatnonzero(covers == cover)
+            score = region_rank[np.ix_(at, candidates)]
+            if spec.chroma_weight:
+                away = tints[candidates][None] - chromaticity(anchor[at])[:, None]
+                score = score + spec.chroma_weight * (away ** 2).sum(-1)
+            chosen[at] = candidates[np.argmin(score, axis=1)]
+        has = chosen >= 0
+        pick = np.where(has, chosen, 0)
+        width = np.array([e.width for e in members], np.float64)[pick] if members else np.ones(len(i))
+        height = np.array([e.height for e in members], np.float64)[pick] if members else np.ones(len(i))
+        m_px = np.array([e.m_per_px for e in members], np.float64)[pick] if members else np.ones(len(i))
+        scale = spec.cell_metres() * cos_lat / m_px  # octave-0 px per cell unit
+        sheet_x, sheet_y = _turned_array(rel_x * scale, rel_y * scale, turns)
+        offset_x = _fold(sheet_x + shift_u * width, width, SHEET_MARGIN * scale)
+        offset_y = _fold(sheet_y + shift_v * height, height, SHEET_MARGIN * scale)
         out = []
         for k in range(len(i)):
-            candidates = candidates_of[int(covers[k])]
             feature = (float(fx[k]), float(fy[k]))
-            if not len(candidates):
+            if not has[k]:
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
-                continue
-            score = region_rank[k, candidates]
-            if spec.chroma_weight:
-                score = score + spec.chroma_weight * ((tints[candidates] - chromaticity(anchor[k])) ** 2).sum(1)
-            choice = members[int(candidates[np.argmin(score)])]
-            scale = spec.cell_metres() * cos_lat[k] / choice.m_per_px  # octave-0 px per cell unit
-            sheet = _turned(rel_x[k] * scale, rel_y[k] * scale, int(turns[k]))
-            offset = (_fold(sheet[0] + shift_u[k] * choice.width, choice.width, SHEET_MARGIN * scale),
-                      _fold(sheet[1] + shift_v[k] * choice.height, choice.height, SHEET_MARGIN * scale))
-            out.append(Assignment(choice, int(turns[k]), offset, float(cos_lat[k]), feature))
+            else:
+                out.append(Assignment(members[int(chosen[k])], int(turns[k]), (float(offset_x[k]), float(offset_y[k])),
+                                      float(cos_lat[k]), feature))
         return out
 
     @staticmethod
@@ -667,10 +686,9 @@ class ExemplarAtlas:
         metres = np.array([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in assigned])[:, None, None]
         m_px = np.array([a.exemplar.m_per_px for a in assigned])[:, None, None]
         ex_x, ex_y = du * metres / m_px, dv * metres / m_px
-        swap = (turn & 4) > 0
-        ex_x, ex_y = np.where(swap, ex_y, ex_x), np.where(swap, ex_x, ex_y)
-        ex_x = np.where((turn & 1) > 0, -ex_x, ex_x) + np.array([a.offset[0] for a in assigned])[:, None, None]
-        ex_y = np.where((turn & 2) > 0, -ex_y, ex_y) + np.array([a.offset[1] for a in assigned])[:, None, None]
+        ex_x, ex_y = _turned_array(ex_x, ex_y, turn)
+        ex_x = ex_x + np.array([a.offset[0] for a in assigned])[:, None, None]
+        ex_y = ex_y + np.array([a.offset[1] for a in assigned])[:, None, None]
         image = np.empty((n, bh, bw, 3), np.float32)
         groups: dict[tuple[int, int], list[int]] = {}
         for k, a in enumerate(assigned):
