@@ -279,22 +279,12 @@ def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (top * (1 - fy) + bottom * fy) / 255.0
 
 
-def _turned(x, y, turn: int):
-    """One of the 8 dihedral orientations applied to exemplar-pixel displacements."""
-    if turn & 4:
-        x, y = y, x
-    if turn & 1:
-        x = -x
-    if turn & 2:
-        y = -y
-    return x, y
-
-
-def _turned_array(x: np.ndarray, y: np.ndarray, turn: np.ndarray):
-    """`_turned` for arrays of displacements and orientations."""
-    swap = (turn & 4) > 0
+def _turned(x, y, turn):
+    """One of the 8 dihedral orientations applied to exemplar-pixel displacements (arrays of
+    displacements and orientations, or single ones)."""
+    swap = (np.asarray(turn) & 4) > 0
     x, y = np.where(swap, y, x), np.where(swap, x, y)
-    return np.where((turn & 1) > 0, -x, x), np.where((turn & 2) > 0, -y, y)
+    return np.where((np.asarray(turn) & 1) > 0, -x, x), np.where((np.asarray(turn) & 2) > 0, -y, y)
 
 
 def _fold(position: np.ndarray, size: np.ndarray, margin: np.ndarray) -> np.ndarray:
@@ -403,6 +393,22 @@ class Assignment:
         return EARTH_CIRCUMFERENCE_M * self.cos_lat / world / self.exemplar.m_per_px
 
 
+def _exemplar_xy(assigned: list[Assignment], cells: int, u: np.ndarray, v: np.ndarray):
+    """Where world positions (u, v) lie in each cell's exemplar, octave-0 pixels: u and v have one
+    leading entry per assignment (its feature point, ground scale, orientation and offset)."""
+    shape = (len(assigned),) + (1,) * (np.ndim(u) - 1)
+
+    def each(values) -> np.ndarray:
+        return np.array(values).reshape(shape)
+
+    du = (u - each([a.feature[0] for a in assigned]) / cells + 0.5) % 1.0 - 0.5  # across the antimeridian too
+    dv = v - each([a.feature[1] for a in assigned]) / cells
+    metres = each([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in assigned])  # per world width at the cell's latitude
+    m_px = each([a.exemplar.m_per_px for a in assigned])
+    x, y = _turned(du * metres / m_px, dv * metres / m_px, each([a.turn for a in assigned]))
+    return x + each([a.offset[0] for a in assigned]), y + each([a.offset[1] for a in assigned])
+
+
 class ExemplarAtlas:
     """A loaded atlas: `reference` renders what the real world would look like in a canvas."""
 
@@ -431,15 +437,17 @@ class ExemplarAtlas:
         self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
         # The JSON records the blob's SHA-256, so this digest names the pixels too.
         self.digest = hashlib.sha256(text.encode()).hexdigest()
-        # Per band: its exemplars, their chromaticities, and for each land cover the candidates it
-        # draws (its own exemplars, with its nearest kin's where few, `COVER_KIN`), resolved once.
+        # Per band: its exemplars, their chromaticities, their (width, height, m/px), and for each
+        # land cover the candidates it draws (its own exemplars, with its nearest kin's where few,
+        # `COVER_KIN`), resolved once.
         self._by_band = []
         for b in range(len(self.bands)):
             members = [e for e in self.exemplars if e.band == b]
             means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
             covers = land_cover(means).reshape(-1)
             least = self.bands[b].least_candidates
-            self._by_band.append((members, chromaticity(means),
+            dims = np.array([(e.width, e.height, e.m_per_px) for e in members], np.float64).reshape(-1, 3)
+            self._by_band.append((members, chromaticity(means), dims,
                                   tuple(_kin_candidates(covers, c, least) for c in range(len(LAND_COVERS)))))
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
@@ -485,7 +493,7 @@ class ExemplarAtlas:
         za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        members, tints, candidates_of = self._by_band[band]
+        members, tints, dims, candidates_of = self._by_band[band]
         # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
         # show the same exemplar in the same orientation (other parts of it), unless colour differs.
         ri, rj = region_of(seed, band, cells, fx, fy, spec.regions_log2)
@@ -519,11 +527,9 @@ class ExemplarAtlas:
             chosen[at] = candidates[np.argmin(score, axis=1)]
         has = chosen >= 0
         pick = np.where(has, chosen, 0)
-        width = np.array([e.width for e in members], np.float64)[pick] if members else np.ones(len(i))
-        height = np.array([e.height for e in members], np.float64)[pick] if members else np.ones(len(i))
-        m_px = np.array([e.m_per_px for e in members], np.float64)[pick] if members else np.ones(len(i))
+        width, height, m_px = dims[pick].T if len(dims) else np.ones((3, len(i)))
         scale = spec.cell_metres() * cos_lat / m_px  # octave-0 px per cell unit
-        sheet_x, sheet_y = _turned_array(rel_x * scale, rel_y * scale, turns)
+        sheet_x, sheet_y = _turned(rel_x * scale, rel_y * scale, turns)
         offset_x = _fold(sheet_x + shift_u * width, width, SHEET_MARGIN * scale)
         offset_y = _fold(sheet_y + shift_v * height, height, SHEET_MARGIN * scale)
         out = []
@@ -669,26 +675,16 @@ class ExemplarAtlas:
 
     def _octave_batch(self, boxes, bw: int, bh: int, jobs, out, spec: Band, cells: int, world: int,
                       x0: int, y0: int) -> None:
-        """`_octave_details` for one batch of cell boxes padded to bw x bh (`_sample`, the down and
-        up steps and the log ratio as in one cell, over all of them at once)."""
+        """`_octave_details` for one batch of cell boxes padded to bw x bh: the exemplars sampled as
+        `_sample` does, the down and up steps and the log ratio, over all of them at once."""
         n = len(boxes)
         q = [b[1] for b in boxes]
         gx0 = np.array([b[2] for b in boxes], np.int64)
         gy0 = np.array([b[3] for b in boxes], np.int64)
         assigned = [jobs[i][0] for i in q]
-        fx = np.array([a.feature[0] for a in assigned])[:, None, None]
-        fy = np.array([a.feature[1] for a in assigned])[:, None, None]
-        turn = np.array([a.turn for a in assigned])[:, None, None]
         iy, ix = np.meshgrid(np.arange(bh), np.arange(bw), indexing="ij")
-        du = ((gx0[:, None, None] + ix[None] + 0.5) / world - fx / cells + 0.5) % 1.0 - 0.5
-        dv = (gy0[:, None, None] + iy[None] + 0.5) / world - fy / cells
-        # (du * metres) / m_per_px as in `_sample`, then its dihedral turn (`_turned`)
-        metres = np.array([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in assigned])[:, None, None]
-        m_px = np.array([a.exemplar.m_per_px for a in assigned])[:, None, None]
-        ex_x, ex_y = du * metres / m_px, dv * metres / m_px
-        ex_x, ex_y = _turned_array(ex_x, ex_y, turn)
-        ex_x = ex_x + np.array([a.offset[0] for a in assigned])[:, None, None]
-        ex_y = ex_y + np.array([a.offset[1] for a in assigned])[:, None, None]
+        ex_x, ex_y = _exemplar_xy(assigned, cells, (gx0[:, None, None] + ix[None] + 0.5) / world,
+                                  (gy0[:, None, None] + iy[None] + 0.5) / world)
         image = np.empty((n, bh, bw, 3), np.float32)
         groups: dict[tuple[int, int], list[int]] = {}
         for k, a in enumerate(assigned):
@@ -712,14 +708,8 @@ class ExemplarAtlas:
 
     def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
-        ex = a.exemplar
-        du = (u - a.feature[0] / cells + 0.5) % 1.0 - 0.5  # across the antimeridian too
-        dv = v - a.feature[1] / cells
-        metres = EARTH_CIRCUMFERENCE_M * a.cos_lat  # per world width at this cell's latitude
-        ex_x, ex_y = du * metres / ex.m_per_px, dv * metres / ex.m_per_px
-        ex_x, ex_y = _turned(ex_x, ex_y, a.turn)
-        ex_x, ex_y = ex_x + a.offset[0], ex_y + a.offset[1]
-        return self._at_scale(ex, ex_x, ex_y, a.footprint(world))
+        ex_x, ex_y = _exemplar_xy([a], cells, u[None], v[None])
+        return self._at_scale(a.exemplar, ex_x[0], ex_y[0], a.footprint(world))
 
     def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
         """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave

@@ -127,7 +127,6 @@ def test_reference_is_a_pure_function_of_global_coordinates(tiny_atlas, zoom):
     assert np.abs(other - big).mean() > 0.02, "another seed is another world"
 
 
-
 @pytest.mark.parametrize("zoom", [3, 5])
 def test_batched_octaves_equal_one_cell_at_a_time(tiny_atlas, zoom, monkeypatch):
     """The cells' octaves of detail go through the down and up steps in padded batches: the
@@ -141,6 +140,7 @@ def test_batched_octaves_equal_one_cell_at_a_time(tiny_atlas, zoom, monkeypatch)
     assert np.abs(batched[0]).max() > 0.05, "the window has detail to compare"
     np.testing.assert_array_equal(batched[0], alone[0])
     np.testing.assert_array_equal(batched[1], alone[1])
+
 
 def flat(value):
     """Window reads from a world of one colour."""
