@@ -24,12 +24,12 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    exemplar in a cell: zooming in reveals the same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
-   takes from it is one octave of detail as a log ratio, log E - log bicubic_up(area_down(E))
-   (the cascade's own down and up steps) times the band's gain, so cells bring texture relative to
-   the local level, not colour, and two cells meet without a step, in a narrow fade along the
-   warped border.
+   takes from it is one octave of detail as a difference of tones, tone E - tone
+   bicubic_up(area_down(E)) (`tone`: log-like towards black and towards white; the cascade's own
+   down and up steps) times the band's gain, so cells bring texture relative to the local level,
+   not colour, and two cells meet without a step, in a narrow fade along the warped border.
 
-The stage's reference is the upsampled parent times the exponential of that detail; back-projection onto the parent
+The stage's reference is the upsampled parent with that detail added to its tone; back-projection onto the parent
 (`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
 octave of the same exemplar, so a cell rebuilds its real image as one zooms in; structure coarser
 than the band's top zoom comes from the band above.
@@ -117,7 +117,10 @@ class Band:
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
 # finest octave needs over-strengthens that octave once deeper zooms magnify it, and the cascade
-# keeps every octave it has painted (blobs at the zooms below).
+# keeps every octave it has painted (blobs at the zooms below). The fine band's gain is 1.0 since
+# detail moved to the `tone` scale: that scale carries a mid-grey photo's contrast onto a dark
+# parent about 1.5x more strongly than a log ratio did, and 1.0 scored best of 0.75-1.75 at z14
+# and z18 (bench/root_chains.py, README).
 # The fine band's cells draw alone, among at least 8 photos, and take no account of colour. Its
 # photos (78-300 m) are too small to lay as one sheet over a 150 m region: folded back by whole
 # periods, one photo printed the same houses in every cell, a grid. Its detail is mostly light
@@ -129,7 +132,7 @@ class Band:
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
     Band("landscape", 8, 13, 13, gain=1.0),
-    Band("fine", 14, 18, 20, gain=1.75, regions_log2=0, chroma_weight=0.0, least_candidates=8),
+    Band("fine", 14, 18, 20, gain=1.0, regions_log2=0, chroma_weight=0.0, least_candidates=8),
 )
 
 
@@ -364,15 +367,30 @@ def soft_add(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> 
     return base + room * torch.tanh(detail / room)
 
 
-DETAIL_EPS = 0.03  # keeps the ratio of near-black pixels (shadows, deep water) bounded
+DETAIL_EPS = 0.03  # keeps the tone of near-black and near-white pixels (shadows, snow) bounded
+
+
+def tone(x):
+    """The scale detail lives on: log(x + eps) - log(1 + eps - x), log-like near black and near
+    white alike. Near black it is a log ratio (light and shade relative to the local level, so a dark
+    parent gets dark shadows and no bright speckle); near white it is the same for the distance to
+    white, so detail shrinks as a pixel nears white instead of piling against it. (With a plain log
+    ratio, bright detail clipped at white and back-projection pushed the rest up to keep the mean:
+    snow ratcheted to pure white, every tile under it a blank.) numpy or torch."""
+    lib = torch if isinstance(x, torch.Tensor) else np
+    return lib.log(x + DETAIL_EPS) - lib.log(1 + DETAIL_EPS - x)
+
+
+def untone(t: torch.Tensor) -> torch.Tensor:
+    """The inverse of `tone`: in (-eps, 1 + eps)."""
+    r = torch.exp(t)
+    return (r * (1 + DETAIL_EPS) - DETAIL_EPS) / (1 + r)
 
 
 def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02) -> torch.Tensor:
-    """The parent with the exemplars' detail, a log ratio: contrast relative to the local level,
-    as light and shade are, so a dark parent gets dark shadows and no bright speckle. The change is
-    compressed into (0, 1) by `soft_add`."""
-    target = (base + DETAIL_EPS) * torch.exp(detail) - DETAIL_EPS
-    return soft_add(base, target - base, margin)
+    """The parent with the exemplars' detail, a difference of `tone`s. The change is compressed
+    into (0, 1) by `soft_add`."""
+    return soft_add(base, untone(tone(base) + detail) - base, margin)
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
@@ -575,13 +593,13 @@ class ExemplarAtlas:
                read: WindowReader, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
 
-        Detail is the octave a stage adds, as a log ratio: log E - log bicubic_up(area_down(E)) for
-        each cell's exemplar E on this zoom's pixel grid (the cascade's own down and up steps), so
-        it carries no colour of its own; `apply_detail` to the upsampled parent makes the stage's
-        reference, and where the parent is the same exemplar one zoom up the reference is the
-        exemplar itself. Returns float32 `(3, height, width)` detail and the float32
-        `(height, width)` coverage, the share of each pixel that exemplars supplied (0
-        where no cell matched: no detail there).
+        Detail is the octave a stage adds, as a difference of tones, tone E - tone
+        bicubic_up(area_down(E)), for each cell's exemplar E on this zoom's pixel grid (the
+        cascade's own down and up steps), so it carries no colour of its own; `apply_detail` to
+        the upsampled parent makes the stage's reference, and where the parent is the same
+        exemplar one zoom up the reference is the exemplar itself. Returns float32
+        `(3, height, width)` detail and the float32 `(height, width)` coverage, the share of each
+        pixel that exemplars supplied (0 where no cell matched: no detail there).
         """
         band = band_of_zoom(zoom, self.bands)
         spec = self.bands[band]
@@ -631,8 +649,8 @@ class ExemplarAtlas:
     def _octave_details(self, jobs: list[tuple[Assignment, np.ndarray, np.ndarray]], band: int, cells: int,
                         world: int, x0: int, y0: int) -> list[np.ndarray]:
         """For each (assignment, rows, cols) of canvas pixels: the cell's exemplar E on this zoom's
-        pixel grid over bicubic_up(area_down(E)), as a log ratio, at those pixels: exactly the
-        octave a stage adds to the upsampled parent, so a band's zooms rebuild the exemplar octave
+        pixel grid against bicubic_up(area_down(E)), as a difference of tones, at those pixels:
+        exactly the octave a stage adds to the upsampled parent, so a band's zooms rebuild the exemplar octave
         by octave; none where this zoom's pixels are finer than the exemplar's own (it is never
         upsampled past its resolution: magnified, its pixels and JPEG blocks would print as
         squares). float32 (N, 3) each.
@@ -676,7 +694,7 @@ class ExemplarAtlas:
     def _octave_batch(self, boxes, bw: int, bh: int, jobs, out, spec: Band, cells: int, world: int,
                       x0: int, y0: int) -> None:
         """`_octave_details` for one batch of cell boxes padded to bw x bh: the exemplars sampled as
-        `_sample` does, the down and up steps and the log ratio, over all of them at once."""
+        `_sample` does, the down and up steps and the tones, over all of them at once."""
         n = len(boxes)
         q = [b[1] for b in boxes]
         gx0 = np.array([b[2] for b in boxes], np.int64)
@@ -700,9 +718,9 @@ class ExemplarAtlas:
         k = np.repeat(np.arange(n), lengths)
         r = y0 + np.concatenate([jobs[i][1] for i in q]) - gy0[k]
         c = x0 + np.concatenate([jobs[i][2] for i in q]) - gx0[k]
-        ratio = np.log(image[k, r, c] + DETAIL_EPS) - np.log(coarse[k, r, c].clip(0, 1) + DETAIL_EPS)
-        light = ratio.mean(1, keepdims=True)
-        detail = spec.gain * (light + spec.chroma * (ratio - light))
+        change = tone(image[k, r, c]) - tone(coarse[k, r, c].clip(0, 1))
+        light = change.mean(1, keepdims=True)
+        detail = spec.gain * (light + spec.chroma * (change - light))
         for i, part in zip(q, np.split(detail, np.cumsum(lengths)[:-1])):
             out[i] = part
 

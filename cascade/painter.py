@@ -24,7 +24,7 @@ from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_c
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "9"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "10"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 

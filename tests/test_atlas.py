@@ -169,17 +169,39 @@ def test_cells_match_the_world_colour(tiny_atlas):
 
 
 def test_detail_is_relative_to_the_parent_level():
-    # A log-ratio detail darkens and brightens in proportion: on a dark parent it stays small (no
-    # bright speckle on dark forest), and the result never leaves (0, 1).
+    # Detail on the tone scale darkens and brightens in proportion: on a dark parent it stays small
+    # (no bright speckle on dark forest), near white too (no snow piling up to pure white), and the
+    # result never leaves (0, 1).
     from cascade.atlas import apply_detail
 
     detail = torch.tensor([0.4, -0.4]).view(1, 1, 1, 2).repeat(1, 3, 1, 1)
     dark = apply_detail(torch.full((1, 3, 1, 2), 0.1), detail) - 0.1
     mid = apply_detail(torch.full((1, 3, 1, 2), 0.4), detail) - 0.4
     assert (dark[..., 0] > 0).all() and (dark[..., 1] < 0).all()
-    assert (mid.abs() > 2.5 * dark.abs()).all()
+    assert (mid.abs() > 1.8 * dark.abs()).all()
+    near_white = apply_detail(torch.full((1, 3, 1, 2), 0.9), detail) - 0.9
+    assert (near_white[..., 0] > 0).all() and (mid.abs() > 1.8 * near_white.abs()).all()
     bright = apply_detail(torch.full((1, 3, 1, 2), 0.97), torch.full((1, 3, 1, 2), 3.0))
     assert bright.max() < 1 and bright.min() > 0.97
+
+
+def test_bright_ground_keeps_its_texture_down_the_cascade():
+    # Snow: nine stages of strong detail over a bright parent, each back-projected onto its parent
+    # as the painter does. The means hold, and the pixels do not pile up at pure white (where every
+    # child of a white pixel must be white: a blank tile, as a plain log ratio gave).
+    from cascade.atlas import apply_detail
+    from cascade.sampler import finish_stage
+
+    rng = np.random.default_rng(0)
+    parent = torch.full((1, 3, 2, 2), 0.9)
+    for _ in range(9):
+        up = torch.nn.functional.interpolate(parent, scale_factor=2, mode="nearest")
+        detail = torch.from_numpy(rng.normal(0, 0.2, (1, 1) + up.shape[-2:]).astype(np.float32)).repeat(1, 3, 1, 1)
+        child = finish_stage(apply_detail(up, detail), parent, 0)
+        assert (torch.nn.functional.avg_pool2d(child, 2) - parent).abs().max() < 1e-3
+        parent = (child * 255).round() / 255  # stored as 8-bit tiles
+    assert (parent == 1).float().mean() < 0.05
+    assert parent.std() > 0.03
 
 
 def test_cells_of_a_region_show_contiguous_ground(tiny_atlas):
