@@ -27,7 +27,9 @@ import torch
 
 from cascade.painter import MetatilePainter
 from cascade.training.evaluate import machine_info
-from cascade.training.realism import _earth_service, _save, _slug, band_of_zoom, crops, held_out_samples, root_chain, root_zoom_for
+from cascade.training.realism import (
+    band_of_zoom, crops, earth_service, held_out_samples, root_chain, root_zoom_for, save_png, slug,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     painter = MetatilePainter.from_pretrained(sampler=args.sampler, steps=args.steps, atlas=args.atlas)
     pictures = args.out.with_suffix("")
-    service = _earth_service(painter, pictures / "cache")
+    service = earth_service(painter, pictures / "cache")
     wanted = {b.strip() for b in args.bands.split(",") if b.strip()}
 
     best: dict[str, tuple] = {}
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for place, (s, zoom) in sorted(best.items(), key=lambda kv: (kv[1][1], kv[0])):
         t = time.perf_counter()
         block = root_chain(service, "earth", s, zoom)
-        _save(pictures / f"{_slug(place)}-z{zoom}-root.png", block)
-        _save(pictures / f"{_slug(place)}-z{zoom}-real.png", s.images[0])
+        save_png(pictures / f"{slug(place)}-z{zoom}-root.png", block)
+        save_png(pictures / f"{slug(place)}-z{zoom}-real.png", s.images[0])
         rows.append(dict(place=place, band=s.band, zoom=zoom, m_per_px=s.m_per_px, seconds=time.perf_counter() - t,
                          real=real_features(s), painted=extractor(crops([block]))))
         print(f"{place} z{zoom}: {rows[-1]['seconds']:.1f} s", flush=True)

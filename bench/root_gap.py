@@ -31,7 +31,7 @@ import torch
 from cascade.atlas import ExemplarAtlas
 from cascade.painter import MetatilePainter
 from cascade.training.evaluate import machine_info
-from cascade.training.realism import _earth_service, band_of_zoom, crops, held_out_samples, root_chain, root_zoom_for
+from cascade.training.realism import band_of_zoom, crops, earth_service, held_out_samples, root_chain, root_zoom_for
 from tileserver.worlds import parse_world
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = max(samples, key=lambda s: s.pixels)
     zoom = root_zoom_for(sample)
     painter = MetatilePainter.from_pretrained()
-    painted = root_chain(_earth_service(painter, args.out.with_suffix("") / "cache"), "earth", sample, zoom)
+    painted = root_chain(earth_service(painter, args.out.with_suffix("") / "cache"), "earth", sample, zoom)
 
     painted_mean = (painted.astype(np.float32) / 255).reshape(-1, 3).mean(0)
     colour = np.array([float(c) for c in args.colour.split(",")], np.float32) if args.colour else painted_mean
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     def flat(z, x0, y0, w, h):
         return np.broadcast_to(colour[:, None, None], (3, h, w)).copy()
 
-    # By default the world `_earth_service` paints, so the atlas alone has the same cells.
+    # By default the world `earth_service` paints, so the atlas alone has the same cells.
     seed = parse_world("earth=earth").seed if args.seed is None else args.seed
     alone, _ = ExemplarAtlas().image(seed, zoom, (centre.x - 1) * 256, (centre.y - 1) * 256, 512, 512, flat)
     alone = (alone.transpose(1, 2, 0).clip(0, 1) * 255).round().astype(np.uint8)

@@ -262,7 +262,7 @@ def nearest_cells(seed: int, band: int, cells: int, cu: np.ndarray, cv: np.ndarr
 # ----------------------------------------------------------------------------------------------
 # Sampling exemplars
 
-def _reflect(idx: np.ndarray, n: int) -> np.ndarray:
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Mirror-repeat indices into 0..n-1 (an exemplar continues as its mirror image)."""
     idx = np.mod(idx, 2 * n)
     return np.where(idx < n, idx, 2 * n - 1 - idx)
@@ -275,8 +275,8 @@ def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = x - 0.5, y - 0.5
     x0, y0 = np.floor(x).astype(np.int64), np.floor(y).astype(np.int64)
     fx, fy = (x - x0).astype(np.float32)[:, None], (y - y0).astype(np.float32)[:, None]
-    xa, xb = _reflect(x0, w), _reflect(x0 + 1, w)
-    ya, yb = _reflect(y0, h), _reflect(y0 + 1, h)
+    xa, xb = reflect_index(x0, w), reflect_index(x0 + 1, w)
+    ya, yb = reflect_index(y0, h), reflect_index(y0 + 1, h)
     top = img[ya, xa].astype(np.float32) * (1 - fx) + img[ya, xb].astype(np.float32) * fx
     bottom = img[yb, xa].astype(np.float32) * (1 - fx) + img[yb, xb].astype(np.float32) * fx
     return (top * (1 - fy) + bottom * fy) / 255.0

@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, _reflect, hazy, land_cover
+from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, hazy, land_cover, reflect_index
 from cascade.training.data import (
-    EQUATOR_M_PER_PX_Z0, ImageRecord, _dilate, _erode, _integral, area_downsample_image, load_image, load_index, nodata_mask,
+    EQUATOR_M_PER_PX_Z0, ImageRecord, area_downsample_image, dilate_mask, erode_mask, integral_image, load_image,
+    load_index, nodata_mask,
 )
 
 log = logging.getLogger("cascade.training.build_atlas")
@@ -185,7 +186,7 @@ def driest_crop(img: np.ndarray, water: np.ndarray, side: int, step: int = 32) -
     so a scene with a reservoir on one side gives its fields and towns, not its lake."""
     h, w = water.shape
     ch, cw = min(h, side), min(w, side)
-    ii = _integral(water)
+    ii = integral_image(water)
     best = None
     for y in sorted({*range(0, h - ch + 1, step), h - ch, (h - ch) // 2}):
         for x in sorted({*range(0, w - cw + 1, step), w - cw, (w - cw) // 2}):
@@ -273,7 +274,7 @@ def water_mask(img: np.ndarray, grow: int = 2) -> np.ndarray:
     smooth = ((m2 - m1 * m1).clamp(min=0).sqrt()[0, 0] < 0.025).numpy()
     dark = (mean < 0.06) & (g <= np.maximum(r, b) + DARK_GREEN)
     bluish = (b > r + 0.05) & (b >= g - 0.05) & (mean < 0.45)
-    return _dilate(_erode(smooth & (dark | bluish), 2), 2 + grow)
+    return dilate_mask(erode_mask(smooth & (dark | bluish), 2), 2 + grow)
 
 
 # Displacements (fractions of the image's height and width) from which water pixels copy land.
@@ -299,7 +300,7 @@ def fill_water(img: np.ndarray) -> tuple[np.ndarray, float]:
     copied, hole = img.copy(), mask.copy()
     for fy, fx in LAND_SHIFTS:
         ys, xs = np.nonzero(hole)
-        sy, sx = _reflect(ys + int(fy * h), h), _reflect(xs + int(fx * w), w)
+        sy, sx = reflect_index(ys + int(fy * h), h), reflect_index(xs + int(fx * w), w)
         land = ~mask[sy, sx]
         copied[ys[land], xs[land]] = img[sy[land], sx[land]]
         hole[ys[land], xs[land]] = False

@@ -359,7 +359,7 @@ def area_downsample_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(res)
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary dilation by a (2r+1) x (2r+1) square (separable running max); outside counts as False."""
     if radius <= 0:
         return mask.copy()
@@ -373,12 +373,12 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     return out
 
 
-def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+def erode_mask(mask: np.ndarray, radius: int) -> np.ndarray:
     """Binary erosion by a (2r+1) x (2r+1) square; outside the image counts as True."""
     if radius <= 0:
         return mask.copy()
     padded = np.pad(mask, radius, constant_values=True)
-    return ~_dilate(~padded, radius)[radius:-radius, radius:-radius]
+    return ~dilate_mask(~padded, radius)[radius:-radius, radius:-radius]
 
 
 def nodata_mask(img: np.ndarray, black_level: int = BLACK_LEVEL, core: int = NODATA_CORE,
@@ -399,16 +399,17 @@ def nodata_mask(img: np.ndarray, black_level: int = BLACK_LEVEL, core: int = NOD
         m = core + dilate  # work in the bounding box of the black pixels (plus margin) only
         y0, y1 = max(ys.min() - m, 0), min(ys.max() + m + 1, black.shape[0])
         x0, x1 = max(xs.min() - m, 0), min(xs.max() + m + 1, black.shape[1])
-        cores = _erode(black[y0:y1, x0:x1], core)
+        cores = erode_mask(black[y0:y1, x0:x1], core)
         if cores.any():
             grown = np.zeros_like(black)
-            grown[y0:y1, x0:x1] = _dilate(cores, core + dilate)
+            grown[y0:y1, x0:x1] = dilate_mask(cores, core + dilate)
             black = black | grown
     mask = black if black.any() else None
     return (mask, grown) if regions else mask
 
 
-def _integral(mask: np.ndarray) -> np.ndarray:
+def integral_image(mask: np.ndarray) -> np.ndarray:
+    """Summed-area table of `mask`, one row and column of zeros in front: a box's count in O(1)."""
     ii = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
     np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=ii[1:, 1:])
     return ii
@@ -423,8 +424,8 @@ class MaskIndex:
 
     def __init__(self, invalid: np.ndarray | None, forbidden: np.ndarray | None = None):
         self.invalid = invalid
-        self.ii = _integral(invalid) if invalid is not None else None
-        self.ii_forbidden = _integral(forbidden) if forbidden is not None and forbidden.any() else None
+        self.ii = integral_image(invalid) if invalid is not None else None
+        self.ii_forbidden = integral_image(forbidden) if forbidden is not None and forbidden.any() else None
 
     def valid_fraction(self, x0: int, y0: int, s: int, patch: int) -> float:
         """Fraction of child pixels (window s x s area-reduced to patch x patch) with no masked

@@ -356,7 +356,7 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     feats: dict[str, dict[str, np.ndarray]] = {m: {} for m in REAL_METHODS + tuple(root_methods)}
     bands: dict[str, str] = {}
     stats: dict[str, dict] = {}
-    services = {m: _earth_service(painters[m], out / "root-cache") for m in root_methods} if root_chains else {}
+    services = {m: earth_service(painters[m], out / "root-cache") for m in root_methods} if root_chains else {}
     for s in chosen:
         key = f"{s.place} @ {s.m_per_px:.3g} m"
         bands[key] = s.band
@@ -382,10 +382,10 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
                     block = root_chain(service, "earth", s, zoom)
                     feats[method][key] = extractor(crops([block]))
                     stats[key][f"{method} seconds"] = time.perf_counter() - t
-                    _save(out / "realism" / f"{_slug(key)}-{_slug(method)}-z{zoom}.png", block)
-        _save(out / "realism" / f"{_slug(key)}-real.png", s.images[0])
+                    save_png(out / "realism" / f"{slug(key)}-{slug(method)}-z{zoom}.png", block)
+        save_png(out / "realism" / f"{slug(key)}-real.png", s.images[0])
         for method, imgs in painted.items():
-            _save(out / "realism" / f"{_slug(key)}-{_slug(method)}.png", imgs[0])
+            save_png(out / "realism" / f"{slug(key)}-{slug(method)}.png", imgs[0])
         log.info("%s (%s): %.0f s", key, s.band, stats[key]["seconds"])
     methods = [m for m in feats if feats[m]]
     report = {
@@ -401,7 +401,8 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     return report
 
 
-def _earth_service(painter: MetatilePainter, cache_dir: Path):
+def earth_service(painter: MetatilePainter, cache_dir: Path):
+    """The server's own `TileService` for the real Earth (z0-z18) over a disk store in `cache_dir`."""
     from cache.store import TileStore
     from tileserver.tiles import TileService, ZoomRange
     from tileserver.worlds import parse_world
@@ -411,11 +412,13 @@ def _earth_service(painter: MetatilePainter, cache_dir: Path):
                        max_batch=1 if painter.device.type == "cpu" else 32)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """`text` as a lower-case file name part."""
     return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
 
 
-def _save(path: Path, pixels: np.ndarray) -> None:
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """Write uint8 pixels as a PNG, making its folder."""
     from PIL import Image
 
     path.parent.mkdir(parents=True, exist_ok=True)
