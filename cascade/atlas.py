@@ -285,9 +285,10 @@ def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _turned(x, y, turn):
     """One of the 8 dihedral orientations applied to exemplar-pixel displacements (arrays of
     displacements and orientations, or single ones)."""
-    swap = (np.asarray(turn) & 4) > 0
+    turn = np.asarray(turn)
+    swap = (turn & 4) > 0
     x, y = np.where(swap, y, x), np.where(swap, x, y)
-    return np.where((np.asarray(turn) & 1) > 0, -x, x), np.where((np.asarray(turn) & 2) > 0, -y, y)
+    return np.where((turn & 1) > 0, -x, x), np.where((turn & 2) > 0, -y, y)
 
 
 def _fold(position: np.ndarray, size: np.ndarray, margin: np.ndarray) -> np.ndarray:
@@ -637,7 +638,8 @@ class ExemplarAtlas:
         if whole:
             colours = [self._sample(a, cells, world, u[px % width], v[px // width]) for a, px, _ in jobs]
         else:
-            colours = self._octave_details([(a, px // width, px % width) for a, px, _ in jobs], band, cells, world, x0, y0)
+            colours = self._octave_details([(a, px // width, px % width) for a, px, _ in jobs],
+                                           band, cells, world, x0, y0)
         if jobs:
             # Cell by cell, in order: a pixel takes its first and second cell's shares.
             px = np.concatenate([p for _, p, _ in jobs])
@@ -650,8 +652,8 @@ class ExemplarAtlas:
                         world: int, x0: int, y0: int) -> list[np.ndarray]:
         """For each (assignment, rows, cols) of canvas pixels: the cell's exemplar E on this zoom's
         pixel grid against bicubic_up(area_down(E)), as a difference of tones, at those pixels:
-        exactly the octave a stage adds to the upsampled parent, so a band's zooms rebuild the exemplar octave
-        by octave; none where this zoom's pixels are finer than the exemplar's own (it is never
+        exactly the octave a stage adds to the upsampled parent, so a band's zooms rebuild the
+        exemplar octave by octave; none where this zoom's pixels are finer than the exemplar's own (it is never
         upsampled past its resolution: magnified, its pixels and JPEG blocks would print as
         squares). float32 (N, 3) each.
 
@@ -708,9 +710,8 @@ class ExemplarAtlas:
         for k, a in enumerate(assigned):
             groups.setdefault((a.exemplar.index, self._octave_of(a.exemplar, a.footprint(world))), []).append(k)
         for (e, octave), members in groups.items():
-            scale = 2**octave
-            image[members] = bilinear(self.octave(self.exemplars[e], octave), ex_x[members].reshape(-1) / scale,
-                                      ex_y[members].reshape(-1) / scale).reshape(len(members), bh, bw, 3)
+            image[members] = self._at_octave(self.exemplars[e], octave, ex_x[members].reshape(-1),
+                                             ex_y[members].reshape(-1)).reshape(len(members), bh, bw, 3)
         down = np.ascontiguousarray(image.reshape(n, bh // 2, 2, bw // 2, 2, 3).mean(axis=(2, 4)).transpose(0, 3, 1, 2))
         coarse = F.interpolate(torch.from_numpy(down), scale_factor=2, mode="bicubic", align_corners=False)
         coarse = coarse.numpy().transpose(0, 2, 3, 1)
@@ -733,7 +734,10 @@ class ExemplarAtlas:
         """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave
         whose pixels are no larger than that (never finer than octave 0). Blending two octaves
         (trilinear) would halve the contrast of the finest detail, which is all a stage adds."""
-        k = self._octave_of(ex, footprint)
+        return self._at_octave(ex, self._octave_of(ex, footprint), x, y)
+
+    def _at_octave(self, ex: Exemplar, k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Octave k of `ex` at octave-0 pixel positions (x, y), bilinear: float32 (N, 3)."""
         return bilinear(self.octave(ex, k), x / 2**k, y / 2**k)
 
     @staticmethod
