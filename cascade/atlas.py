@@ -19,8 +19,11 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    cover take the same exemplar (closeness of colour breaks the ranking), and the region lays it
    as one sheet: one hashed shift, one orientation, so neighbouring cells show contiguous ground
    and no border between them. Where a cell's place on the sheet runs off the exemplar it folds
-   back by whole periods, and a seam shows along that cell's border. The fine band's photos are
-   too small for sheets: there each cell draws its own. Every zoom of a band shows the same
+   back by whole periods, and a seam shows along that cell's border. Most of the fine band's photos
+   are too small for a sheet (folded back, one photo printed the same houses in every cell): there
+   a region (2 x 2 cells) lays its photo as a sheet only where the photo holds the region, and
+   every other cell draws and lays its own among the photos too small to hold one, so each photo
+   keeps its share of the ground (`Band.small_sheets_alone`). Every zoom of a band shows the same
    exemplar in a cell: zooming in reveals the same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
@@ -89,6 +92,10 @@ class Band:
     chroma_weight: float = 20.0
     # A land cover with fewer exemplars than this in the band also draws its kin's (`COVER_KIN`).
     least_candidates: int = 1
+    # A region lays a sheet only where its exemplar holds the region (spans twice its side);
+    # elsewhere each cell draws and lays its own among the exemplars too small to hold one. For
+    # bands of photos mostly too small for a region, a few of them large enough to show one place.
+    small_sheets_alone: bool = False
 
     @property
     def anchor_zoom(self) -> int:
@@ -121,18 +128,23 @@ class Band:
 # detail moved to the `tone` scale: that scale carries a mid-grey photo's contrast onto a dark
 # parent about 1.5x more strongly than a log ratio did, and 1.0 scored best of 0.75-1.75 at z14
 # and z18 (bench/root_chains.py, README).
-# The fine band's cells draw alone, among at least 8 photos, and take no account of colour. Its
-# photos (78-300 m) are too small to lay as one sheet over a 150 m region: folded back by whole
-# periods, one photo printed the same houses in every cell, a grid. Its detail is mostly light
-# and shade on the parent's colour, so matching colour only narrowed a cell's choice to the
-# greenest few. And the Blue Marble's dark tropical green reads as forest, of which the band has
-# two photos: they tiled every rainforest and farm of the tropics at z15-z18. Drawing among all
-# photos of the cover and its kin brought fields, orchards, roofs and roads instead
-# (bench/root_chains.py, see README).
+# The fine band's cells take no account of colour and draw among at least 8 photos. Most of its
+# photos (78-86 m) are too small to lay as one sheet over a region: folded back by whole periods,
+# one photo printed the same houses in every cell, a grid. So its 2 x 2 regions (77 m) lay a sheet
+# only where the photo they draw spans at least 4 cells (OpenAerialMap mosaics of Banepa, Dar es
+# Salaam and Nairobi, 150-300 m: 28 photos at the equator, 44 at 30 degrees), and the other cells
+# draw alone among the smaller photos. At z18 a sheet shows a quarter of a tile of one place,
+# streets running on, where 4 x 4 pieces of different photos stopped every road at their borders;
+# by KID the same within the spread between layouts (bench/root_chains.py --seeds, README).
+# Its detail is mostly light and shade on the parent's colour, so matching colour only narrowed a
+# cell's choice to the greenest few. And the Blue Marble's dark tropical green reads as forest, of
+# which the band has two photos: they tiled every rainforest and farm of the tropics at z15-z18.
+# Drawing among all photos of the cover and its kin brought fields, orchards, roofs and roads
+# instead (bench/root_chains.py, see README).
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
     Band("landscape", 8, 13, 13, gain=1.0),
-    Band("fine", 14, 18, 20, gain=1.0, regions_log2=0, chroma_weight=0.0, least_candidates=8),
+    Band("fine", 14, 18, 20, gain=1.0, regions_log2=1, chroma_weight=0.0, least_candidates=8, small_sheets_alone=True),
 )
 
 
@@ -323,6 +335,7 @@ class Exemplar:
 FINEST_FOOTPRINT = 0.75  # exemplar pixels per canvas pixel below which an exemplar adds no detail
 ANCHOR_READ_PX = 1 << 22  # largest box of anchor pixels the assignment reads at once
 OCTAVE_BATCH_PX = 1 << 20  # box pixels of the cells whose octaves of detail are computed together
+SHEET_SALT = 1000  # hash salts of the regions of a `small_sheets_alone` band, apart from its cells'
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
 # Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
@@ -512,45 +525,25 @@ class ExemplarAtlas:
         za = spec.anchor_zoom if zoom is None else max(min(spec.anchor_zoom, zoom - 1), 0)
         world = 256 << za
         side = max(4, int(round(world / cells)))
-        members, tints, dims, candidates_of = self._by_band[band]
-        # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
-        # show the same exemplar in the same orientation (other parts of it), unless colour differs.
-        ri, rj = region_of(seed, band, cells, fx, fy, spec.regions_log2)
-        size = 1 << spec.regions_log2
-        # The ground scale of the region's middle row, shared by its cells so their sheets agree.
-        v = np.clip((rj + 0.5) * size / cells, 1e-6, 1 - 1e-6)
-        cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
-        region_rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
-        turns = cell_hash(seed, band, ri, rj, 8) % 8
-        # Each region lays its exemplar as one sheet (a hashed shift, the region's orientation), so
-        # neighbours show contiguous ground and their border is invisible; a cell whose place on
-        # the sheet runs off the exemplar folds back by whole periods (a seam where that happens).
-        ox, oy = ri * size, rj * size
-        rel_x = (fx - ox + cells / 2) % cells - cells / 2  # across the antimeridian too
-        rel_y = fy - oy
-        shift_u = _unit(cell_hash(seed, band, ri, rj, 9))
-        shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
         covers = land_cover(anchor)
-        # Each cell's choice among its cover's candidates, one cover at a time (-1: water, none).
-        chosen = np.full(len(i), -1, np.int64)
-        for cover in np.unique(covers).tolist():
-            candidates = candidates_of[cover]
-            if not len(candidates):
-                continue
-            at = np.flatnonzero(covers == cover)
-            score = region_rank[np.ix_(at, candidates)]
-            if spec.chroma_weight:
-                away = tints[candidates][None] - chromaticity(anchor[at])[:, None]
-                score = score + spec.chroma_weight * (away ** 2).sum(-1)
-            chosen[at] = candidates[np.argmin(score, axis=1)]
+        if not spec.small_sheets_alone:
+            chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, covers,
+                                                                    spec.regions_log2)
+        else:
+            # A region lays a sheet only where its exemplar holds the region; elsewhere each cell
+            # draws among the exemplars too small to hold one, so that each exemplar still shows
+            # on its share of the ground, and no small photo repeats across a region.
+            size = 1 << spec.regions_log2
+            chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, covers,
+                                                                    spec.regions_log2, salt=SHEET_SALT, centred=True)
+            pick = np.where(chosen >= 0, chosen, 0)
+            holds = (chosen >= 0) & (self._span_cells(band, pick, cos_lat) >= 2 * size)
+            alone = self._lay(seed, band, fx, fy, anchor, covers, 0, skip_span=2 * size)
+            chosen, turns, offset_x, offset_y, cos_lat = (np.where(holds, a, b) for a, b in zip(
+                (chosen, turns, offset_x, offset_y, cos_lat), alone))
+        members = self._by_band[band][0]
         has = chosen >= 0
-        pick = np.where(has, chosen, 0)
-        width, height, m_px = dims[pick].T if len(dims) else np.ones((3, len(i)))
-        scale = spec.cell_metres() * cos_lat / m_px  # octave-0 px per cell unit
-        sheet_x, sheet_y = _turned(rel_x * scale, rel_y * scale, turns)
-        offset_x = _fold(sheet_x + shift_u * width, width, SHEET_MARGIN * scale)
-        offset_y = _fold(sheet_y + shift_v * height, height, SHEET_MARGIN * scale)
         out = []
         for k in range(len(i)):
             feature = (float(fx[k]), float(fy[k]))
@@ -560,6 +553,70 @@ class ExemplarAtlas:
                 out.append(Assignment(members[int(chosen[k])], int(turns[k]), (float(offset_x[k]), float(offset_y[k])),
                                       float(cos_lat[k]), feature))
         return out
+
+    def _lay(self, seed: int, band: int, fx: np.ndarray, fy: np.ndarray, anchor: np.ndarray, covers: np.ndarray,
+             regions_log2: int, salt: int = 0, centred: bool = False, skip_span: float = 0.0):
+        """Each cell's exemplar (index among the band's members, -1: none), orientation, place in
+        the exemplar (octave-0 px) and ground scale, when regions of 2**regions_log2 cells a side
+        rank the exemplars alike and lay the chosen one as one sheet. `centred`: the region's
+        middle lies near the exemplar's (a random shift within the room left), not anywhere.
+        `skip_span`: exemplars whose shorter side spans at least that many cells are not drawn
+        (unless a cover has no other)."""
+        spec = self.bands[band]
+        cells = 1 << spec.cells_log2
+        members, tints, dims, candidates_of = self._by_band[band]
+        # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
+        # show the same exemplar in the same orientation (other parts of it), unless colour differs.
+        ri, rj = region_of(seed, band, cells, fx, fy, regions_log2)
+        size = 1 << regions_log2
+        # The ground scale of the region's middle row, shared by its cells so their sheets agree.
+        v = np.clip((rj + 0.5) * size / cells, 1e-6, 1 - 1e-6)
+        cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
+        rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], salt + 100 + np.arange(len(members))[None, :]))
+        if skip_span:
+            every = np.arange(len(members))[None, :]
+            rank = np.where(self._span_cells(band, every, cos_lat[:, None]) >= skip_span, np.inf, rank)
+        turns = cell_hash(seed, band, ri, rj, salt + 8) % 8
+        # Each region lays its exemplar as one sheet (a hashed shift, the region's orientation), so
+        # neighbours show contiguous ground and their border is invisible; a cell whose place on
+        # the sheet runs off the exemplar folds back by whole periods (a seam where that happens).
+        ox, oy = ri * size, rj * size
+        rel_x = (fx - ox + cells / 2) % cells - cells / 2  # across the antimeridian too
+        rel_y = fy - oy
+        shift_u = _unit(cell_hash(seed, band, ri, rj, salt + 9))
+        shift_v = _unit(cell_hash(seed, band, ri, rj, salt + 10))
+        # Each cell's choice among its cover's candidates, one cover at a time (-1: water, none).
+        chosen = np.full(len(fx), -1, np.int64)
+        for cover in np.unique(covers).tolist():
+            candidates = candidates_of[cover]
+            if not len(candidates):
+                continue
+            at = np.flatnonzero(covers == cover)
+            score = rank[np.ix_(at, candidates)]
+            if spec.chroma_weight:
+                away = tints[candidates][None] - chromaticity(anchor[at])[:, None]
+                score = score + spec.chroma_weight * (away ** 2).sum(-1)
+            chosen[at] = candidates[np.argmin(score, axis=1)]
+        pick = np.where(chosen >= 0, chosen, 0)
+        width, height, m_px = dims[pick].T if len(dims) else np.ones((3, len(fx)))
+        scale = spec.cell_metres() * cos_lat / m_px  # octave-0 px per cell unit
+        if centred:
+            rel_x, rel_y = rel_x - size / 2, rel_y - size / 2
+        sheet_x, sheet_y = _turned(rel_x * scale, rel_y * scale, turns)
+        if centred:
+            room = (2 * size + 2 * SHEET_MARGIN) * scale  # what a region's cells reach (its warped outline)
+            start_x = width / 2 + (shift_u - 0.5) * np.maximum(width - room, 0)
+            start_y = height / 2 + (shift_v - 0.5) * np.maximum(height - room, 0)
+        else:
+            start_x, start_y = shift_u * width, shift_v * height
+        offset_x = _fold(sheet_x + start_x, width, SHEET_MARGIN * scale)
+        offset_y = _fold(sheet_y + start_y, height, SHEET_MARGIN * scale)
+        return chosen, turns, offset_x, offset_y, cos_lat
+
+    def _span_cells(self, band: int, member: np.ndarray, cos_lat: np.ndarray) -> np.ndarray:
+        """How many cells the shorter side of the band's exemplars `member` spans at `cos_lat`."""
+        dims = self._by_band[band][2]
+        return dims[member, :2].min(-1) * dims[member, 2] / (self.bands[band].cell_metres() * cos_lat)
 
     @staticmethod
     def _anchor_colours(read: WindowReader, zoom: int, cx: np.ndarray, cy: np.ndarray, side: int) -> np.ndarray:

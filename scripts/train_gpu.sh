@@ -7,7 +7,11 @@
 #   build/shards/   packed training patches, made on a machine that has the data:
 #                   python -m cascade.training.data pack --data-dir DATA --split train --patch 128 \
 #                       --count 11000 --quality 90 --shard-mb 15 --out build/shards   # 9,593 patches, 61 MiB
+#                   (where what travels is capped, mind the checkout: with the atlas it is 53 MiB,
+#                   and --count 2000 --quality 85 gives 1,678 patches in 9.6 MB)
 #   build/wheels/   optional: pip download --no-deps -d build/wheels diffusers==0.42.1 importlib_metadata zipp
+#   build/site.zip  optional, smaller: those packages unpacked and zipped (2.3 MB without diffusers'
+#                   pipelines/ and modular_pipelines/ subfolders, which training never imports)
 #   build/gpu-run/  optional: the checkpoint.pt of an earlier call, to continue it
 #
 #   OUT=/path/for/results MINUTES=9 STEPS=40000 BATCH=256 scripts/train_gpu.sh
@@ -25,6 +29,7 @@ if [ -d build/wheels ] && ! python3 -c "import diffusers" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site build/wheels/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+[ -f build/site.zip ] && export PYTHONPATH=$PWD/build/site.zip${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 mkdir -p "$OUT" build/gpu-run

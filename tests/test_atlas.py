@@ -488,3 +488,51 @@ def test_cells_of_a_band_without_regions_draw_alone(tiny_atlas):
     again = alone.assign(5, 1, i, j, green)
     assert [(c.exemplar.name, c.turn, c.offset) for c in again] == \
         [(c.exemplar.name, c.turn, c.offset) for c in alone.assign(5, 1, i, j, green)]
+
+
+def test_small_photos_draw_alone_and_large_ones_lay_a_sheet(tiny_atlas):
+    # A band of `small_sheets_alone` lays a region's exemplar as one sheet only where it holds the
+    # region (at least twice its side); a smaller one would repeat in every cell, so there each
+    # cell draws and lays its own, exactly as in a band of one-cell regions.
+    import copy
+    import dataclasses
+
+    seed, band = 5, 1
+    green = flat(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None])
+
+    def variant(**changes):
+        atlas = copy.copy(tiny_atlas)
+        atlas.bands = (tiny_atlas.bands[0], dataclasses.replace(tiny_atlas.bands[1], chroma_weight=0.0, **changes))
+        return [(c.exemplar.name, c.turn, c.offset) for c in atlas.assign(seed, band, i, j, green)], atlas
+
+    # 512 px at 2 km/px (1024 km) against 2x2 regions of 626 km cells, between 50 N and 20 S:
+    # at most 2.5 cells, too small to hold a region.
+    i, j = np.meshgrid(np.arange(20, 36), np.arange(20, 36))
+    i, j = i.reshape(-1), j.reshape(-1)
+    small, _ = variant(cells_log2=6, regions_log2=1, small_sheets_alone=True)
+    alone, _ = variant(cells_log2=6, regions_log2=0)
+    assert small == alone
+    # Against 156 km cells (about 35 N) the exemplar spans 8 cells: regions lay it as one sheet.
+    i, j = np.meshgrid(np.arange(80, 112), np.arange(100, 132))
+    i, j = i.reshape(-1), j.reshape(-1)
+    from cascade.atlas import _turned, feature_points, region_of
+
+    large, atlas = variant(cells_log2=8, regions_log2=1, small_sheets_alone=True)
+    alone, _ = variant(cells_log2=8, regions_log2=0)
+    spec = atlas.bands[band]
+    fx, fy = feature_points(seed, band, i, j)
+    ri, rj = region_of(seed, band, 1 << spec.cells_log2, fx, fy, 1)
+    cells = atlas.assign(seed, band, i, j, green)
+    pairs = contiguous = 0
+    for a in range(len(i)):
+        for b in range(a + 1, len(i)):
+            if abs(i[a] - i[b]) + abs(j[a] - j[b]) != 1 or (ri[a], rj[a]) != (ri[b], rj[b]):
+                continue
+            pairs += 1
+            ea, eb = cells[a], cells[b]
+            scale = spec.cell_metres() * ea.cos_lat / ea.exemplar.m_per_px
+            expected = _turned((fx[b] - fx[a]) * scale, (fy[b] - fy[a]) * scale, ea.turn)
+            contiguous += (ea.exemplar is eb.exemplar and ea.turn == eb.turn
+                           and np.allclose(np.subtract(eb.offset, ea.offset), expected, atol=0.02 * scale))
+    assert pairs >= 40 and contiguous == pairs, (pairs, contiguous)
+    assert sum(p != q for p, q in zip(large, alone)) > 0.5 * len(i)

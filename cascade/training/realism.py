@@ -401,13 +401,14 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     return report
 
 
-def earth_service(painter: MetatilePainter, cache_dir: Path):
-    """The server's own `TileService` for the real Earth (z0-z18) over a disk store in `cache_dir`."""
+def earth_service(painter: MetatilePainter, cache_dir: Path, seed: int = 0):
+    """The server's own `TileService` for the real Earth (z0-z18) over a disk store in `cache_dir`;
+    another world `seed` lays the atlas's cells out anew over the same root."""
     from cache.store import TileStore
     from tileserver.tiles import TileService, ZoomRange
     from tileserver.worlds import parse_world
 
-    world = parse_world("earth=earth")
+    world = parse_world(f"earth=earth,seed={seed}")
     return TileService({"earth": world}, TileStore(cache_dir), painter, ZoomRange(0, 18),
                        max_batch=1 if painter.device.type == "cpu" else 32)
 
