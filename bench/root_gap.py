@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # By default the world `earth_service` paints, so the atlas alone has the same cells.
     seed = parse_world("earth=earth").seed if args.seed is None else args.seed
-    alone, _ = ExemplarAtlas().image(seed, zoom, (centre.x - 1) * 256, (centre.y - 1) * 256, 512, 512, flat)
+    atlas = ExemplarAtlas()
+    alone, _ = atlas.image(seed, zoom, (centre.x - 1) * 256, (centre.y - 1) * 256, 512, 512, flat,
+                           places=atlas.settlements)
     alone = (alone.transpose(1, 2, 0).clip(0, 1) * 255).round().astype(np.uint8)
 
     real_px = np.concatenate([im.reshape(-1, 3) for im in sample.images]).astype(np.float64) / 255

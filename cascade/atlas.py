@@ -14,17 +14,16 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    water, snow, bare ground, forest, open land) as the world's own imagery around the cell's
    feature point at the zoom just above the band (`anchor_zoom`), which is painted before any
    zoom of the band (where the band has few of that cover, its nearest kin's too: forest for open
-   land and back, never snow); water cells get no detail. Among the candidates, all cells of a region
-   (about 4 x 4 cells, irregular outline) rank the exemplars alike, so neighbours of one land
-   cover take the same exemplar (closeness of colour breaks the ranking), and the region lays it
-   as one sheet: one hashed shift, one orientation, so neighbouring cells show contiguous ground
-   and no border between them. Where a cell's place on the sheet runs off the exemplar it folds
-   back by whole periods, and a seam shows along that cell's border. Most of the fine band's photos
-   are too small for a sheet (folded back, one photo printed the same houses in every cell): there
-   a region (2 x 2 cells) lays its photo as a sheet only where the photo holds the region, and
-   every other cell draws and lays its own among the photos too small to hold one, so each photo
-   keeps its share of the ground (`Band.small_sheets_alone`). Every zoom of a band shows the same
-   exemplar in a cell: zooming in reveals the same fields and roads, sharper.
+   land and back, never snow); water cells get no detail. In a `settled` band, cells on built-up
+   ground (near the world's settlements, `cascade.settlements`) draw its suburb or town
+   exemplars instead. Among the candidates, all cells of a region (2**regions_log2 cells a side, irregular
+   outline; one cell in the fine band, whose sheets each hold a cell) rank the exemplars alike,
+   so neighbours of one land cover take the same exemplar (closeness of colour breaks the
+   ranking), and the region lays it as one sheet: one hashed shift, one orientation, so
+   neighbouring cells show contiguous ground and no border between them. Where a cell's place on
+   the sheet runs off the exemplar it folds back by whole periods, and a seam shows along that
+   cell's border. Every zoom of a band shows the same exemplar in a cell: zooming in reveals the
+   same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
    from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
    takes from it is one octave of detail as a difference of tones, tone E - tone
@@ -61,10 +60,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cascade.settlements import GeoNamesSettlements, ProceduralSettlements
+
 DEFAULT_ATLAS = Path(__file__).parent / "exemplars"
-ATLAS_FORMAT = 1
+ATLAS_FORMAT = 2  # 2: exemplars name the ground they show (`use`); the settlement table
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0
-CACHE_BYTES = 192 << 20  # decoded octaves kept in memory
+CACHE_BYTES = 256 << 20  # decoded octaves kept in memory (the fine band's sheets are about 180 MB decoded)
 
 # (zoom, x0, y0, width, height) -> float32 (3, height, width) in [0, 1]: the world's own pixels.
 WindowReader = Callable[[int, int, int, int, int], np.ndarray]
@@ -79,10 +80,10 @@ class Band:
     bottom: int
     cells_log2: int  # cells per world side = 2**cells_log2
     gain: float = 1.0  # scale of each stage's octave of exemplar detail
-    # Share of the octave's colour contrast kept beside its light and shade. The fine detail of
-    # real imagery is mostly brightness; at full strength the colour part of the few mid-zoom
-    # exemplars, magnified down the cascade, painted pink and teal speckle on plains. The Blue
-    # Marble tiles of the continental band are the real colours of land at that scale: all kept.
+    # Share of the octave's colour contrast kept beside its light and shade. At full strength the
+    # colour part of the few mid-zoom scenes, magnified down the cascade, painted pink and teal
+    # speckle on plains. The Blue Marble tiles of the continental band are the real colours of land
+    # at that scale, and the fine band's roofs and trees those of a place: all kept.
     chroma: float = 0.5
     # Cells per region side, log2: the cells of a region rank the exemplars alike and lay the
     # chosen one as one sheet. 0: every cell draws and lays its exemplar alone.
@@ -92,10 +93,16 @@ class Band:
     chroma_weight: float = 20.0
     # A land cover with fewer exemplars than this in the band also draws its kin's (`COVER_KIN`).
     least_candidates: int = 1
-    # A region lays a sheet only where its exemplar holds the region (spans twice its side);
-    # elsewhere each cell draws and lays its own among the exemplars too small to hold one. For
-    # bands of photos mostly too small for a region, a few of them large enough to show one place.
-    small_sheets_alone: bool = False
+    # Cells where the ground is built up (`cascade.settlements`) draw the band's town and suburb
+    # exemplars; the others draw by land cover among the rest.
+    settled: bool = False
+    # Score per unit of great-circle distance (in half turns) from a cell to where an exemplar was
+    # photographed (the ranking weighs 1): how strongly a cell prefers exemplars from near it, so
+    # that East African towns look like Nairobi and Dar es Salaam, American ones like UC Merced's.
+    nearby: float = 0.0
+    # The build sews the band's exemplars from photos of one kind of ground each
+    # (`cascade.training.quilt`) instead of taking images whole.
+    quilted: bool = False
 
     @property
     def anchor_zoom(self) -> int:
@@ -106,45 +113,32 @@ class Band:
         return EARTH_CIRCUMFERENCE_M / (1 << self.cells_log2)
 
 
-# Cell sizes follow the exemplars each band can use (see the build command; an exemplar spans at
-# least two cells, so a cell rarely runs off its exemplar's edge): hundreds of km of Blue Marble at
-# z5-z7, 10-30 km Landsat and Sentinel-2 scenes at z8-z13, and 38 m of 0.15-0.3 m aerial imagery
-# at z14-z18 (small enough for the 78 m UC Merced land-use photos: fields, forest, scrub, not only
-# towns). A band only rebuilds an exemplar over its own zooms (coarser octaves come from the band
-# above), and octaves of two unrelated images stacked on each other read as mottled blotches, not
-# as a place; so bands are long where the data allow: the landscape band paints one scene from its
-# field pattern at z9 to its field edges at z12 (30 m Landsat) or z13 (10 m Sentinel-2), the fine
-# band five octaves of one photo. Past an exemplar's own resolution it adds nothing
-# (`FINEST_FOOTPRINT`): a Landsat cell stays as z12 left it at z13.
-# The fine band starts at z14, not z15: at z14 (10 m pixels) a Sentinel-2 cell adds its last
-# octave, but a 30 m Landsat cell adds nothing, so a town's roofs, yards and trees at z18 all had
-# the one colour and light its 10-20 m blocks got from the 30 m scene. A photo's own 10-20 m
-# octave gives them theirs (z14 and z18 both nearer real imagery: bench/root_chains.py, README).
+# Cell sizes follow the exemplars each band can use (an exemplar spans about two cells, so a cell
+# rarely runs off its edge): hundreds of km of Blue Marble at z5-z7, 10-30 km Landsat and
+# Sentinel-2 scenes at z8-z12, and 300 m of aerial photography at z13-z18. A band only rebuilds an
+# exemplar over its own zooms (coarser octaves come from the band above), and octaves of unrelated
+# images stacked on each other read as mottled blotches, not as a place; so bands are long where
+# the data allow: the landscape band paints one scene from its field pattern at z8 to its field
+# edges at z12, the fine band six octaves of one sheet, from its parcels at z13 to its roofs, rows
+# and tree crowns at z18. Past an exemplar's own resolution it adds nothing (`FINEST_FOOTPRINT`).
 # Each octave comes out weaker than in the exemplar (bilinear resampling, back-projection's smooth
 # rounds), so it is scaled by the band's gain, chosen from 4-stage real chains of held-out imagery
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
 # finest octave needs over-strengthens that octave once deeper zooms magnify it, and the cascade
-# keeps every octave it has painted (blobs at the zooms below). The fine band's gain is 1.0 since
-# detail moved to the `tone` scale: that scale carries a mid-grey photo's contrast onto a dark
-# parent about 1.5x more strongly than a log ratio did, and 1.0 scored best of 0.75-1.75 at z14
-# and z18 (bench/root_chains.py, README).
-# The fine band's cells take no account of colour and draw among at least 8 photos. Most of its
-# photos (78-86 m) are too small to lay as one sheet over a region: folded back by whole periods,
-# one photo printed the same houses in every cell, a grid. So its 2 x 2 regions (77 m) lay a sheet
-# only where the photo they draw spans at least 4 cells (OpenAerialMap mosaics of Banepa, Dar es
-# Salaam and Nairobi, 150-300 m: 28 photos at the equator, 44 at 30 degrees), and the other cells
-# draw alone among the smaller photos. At z18 a sheet shows a quarter of a tile of one place,
-# streets running on, where 4 x 4 pieces of different photos stopped every road at their borders;
-# by KID the same within the spread between layouts (bench/root_chains.py --seeds, README).
-# Its detail is mostly light and shade on the parent's colour, so matching colour only narrowed a
-# cell's choice to the greenest few. And the Blue Marble's dark tropical green reads as forest, of
-# which the band has two photos: they tiled every rainforest and farm of the tropics at z15-z18.
-# Drawing among all photos of the cover and its kin brought fields, orchards, roofs and roads
-# instead (bench/root_chains.py, see README).
+# keeps every octave it has painted. The fine band's 1.4 and full colour (red roofs, green trees)
+# scored best of gains 1.0-1.8 and half or full colour at z14 and z18 (bench/root_chains.py, README).
+# The fine band's photos (40-300 m) are smaller than its cells, so its exemplars are sheets of
+# about 600 m sewn from many photos of one kind of ground (fields, forest, scrub, suburb, town;
+# `cascade.training.quilt`), and each cell lays its own sheet with its own orientation and place
+# in it: a z17-z18 tile shows one sheet, where 38 m cells of different photos made a collage in
+# which every road stopped at a cell border, and a z13-z15 tile shows parcels of 300 m, where 4-8
+# px cells made a grain. Which sheet a cell draws follows the world: built-up ground near
+# settlements (`cascade.settlements`), elsewhere the land cover of the zoom above the band.
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
-    Band("landscape", 8, 13, 13, gain=1.0),
-    Band("fine", 14, 18, 20, gain=1.0, regions_log2=1, chroma_weight=0.0, least_candidates=8, small_sheets_alone=True),
+    Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1),
+    Band("fine", 13, 18, 17, gain=1.4, chroma=1.0, regions_log2=0, chroma_weight=0.0, settled=True, nearby=2.0,
+         quilted=True),
 )
 
 
@@ -322,6 +316,8 @@ class Exemplar:
     m_per_px: float  # of octave 0
     levels: tuple[tuple[int, int, int, int], ...]  # (offset, length, width, height) per octave
     mean: tuple[float, float, float]  # colour at the band's anchor scale, sRGB in [0, 1]
+    use: int  # the ground it shows, an index into USES
+    origin: tuple[float, float] | None = None  # (lat, lon) where it was photographed, where known
 
     @property
     def width(self) -> int:
@@ -333,14 +329,21 @@ class Exemplar:
 
 
 FINEST_FOOTPRINT = 0.75  # exemplar pixels per canvas pixel below which an exemplar adds no detail
+SAMPLE_RATIO = 0.7  # an exemplar is read from an octave whose pixels are at most this share of the canvas's
 ANCHOR_READ_PX = 1 << 22  # largest box of anchor pixels the assignment reads at once
 OCTAVE_BATCH_PX = 1 << 20  # box pixels of the cells whose octaves of detail are computed together
-SHEET_SALT = 1000  # hash salts of the regions of a `small_sheets_alone` band, apart from its cells'
 SHEET_MARGIN = 0.5  # cells: a feature point stays this far inside its exemplar (its footprint rarely leaves it)
 LAND_COVERS = ("water", "snow", "bare", "forest", "open")
-# Where a band has no exemplar of a cell's land cover, the covers that stand in, nearest first:
-# forest falls back on open land and open land on forest, never on snow or glaciers.
-COVER_KIN = ((), (1, 4, 2), (2, 4, 3), (3, 4, 2), (4, 3, 2))
+# What an exemplar shows, and what a cell asks for: a land cover, or built-up ground (`settled`
+# bands only) of a suburb or a town.
+USES = LAND_COVERS + ("suburb", "town")
+SUBURB, TOWN = USES.index("suburb"), USES.index("town")
+# Where a band has no exemplar of a cell's use, the uses that stand in, nearest first: forest
+# falls back on open land and open land on forest, snow on bare ground, never on glaciers.
+COVER_KIN = ((), (1, 2, 4), (2, 4, 3), (3, 4, 2), (4, 3, 2), (5, 6, 4), (6, 5, 4))
+# Built-up intensity (`cascade.settlements`) from which a cell is a town, or a suburb.
+TOWN_INTENSITY, SUBURB_INTENSITY = 0.5, 0.2
+TOWN_EDGE_NOISE = 0.8  # how far a smooth noise moves a town's edge in and out (an exponent of e^+-0.8)
 
 
 def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarray:
@@ -407,6 +410,12 @@ def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02)
     return soft_add(base, untone(tone(base) + detail) - base, margin)
 
 
+def _unit_vectors(lat_lon: np.ndarray) -> np.ndarray:
+    """(..., 2) degrees of latitude and longitude as (..., 3) points on the unit sphere."""
+    lat, lon = np.radians(lat_lon[..., 0]), np.radians(lat_lon[..., 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], -1)
+
+
 def chromaticity(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb, np.float64)
     return rgb / np.maximum(rgb.sum(-1, keepdims=True), 1e-6)
@@ -457,30 +466,38 @@ class ExemplarAtlas:
             self.bands = tuple(Band(**b) for b in meta["bands"])
             self.exemplars = [
                 Exemplar(i, e["band"], e["name"], e["place"], e["m_per_px"], tuple(map(tuple, e["levels"])),
-                         tuple(e["mean"]))
+                         tuple(e["mean"]), USES.index(e["use"]),
+                         None if e.get("lat") is None or e.get("lon") is None else (e["lat"], e["lon"]))
                 for i, e in enumerate(meta["exemplars"])
             ]
             size = blob_path.stat().st_size
             if meta["blob_bytes"] != size:
                 raise ValueError(f"atlas.bin has {size} bytes, atlas.json expects {meta['blob_bytes']}")
+            self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
+            # The real Earth's settlements (`cascade.settlements`), where the build found them.
+            table = meta.get("settlements")
+            self.settlements = None if table is None else GeoNamesSettlements(
+                self.blob[table["offset"]:table["offset"] + 12 * table["count"]].view("<i4").reshape(-1, 3))
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"cannot load the exemplar atlas in {path}: {error}") from error
         self.path = path
-        self.blob = np.memmap(blob_path, dtype=np.uint8, mode="r")
         # The JSON records the blob's SHA-256, so this digest names the pixels too.
         self.digest = hashlib.sha256(text.encode()).hexdigest()
         # Per band: its exemplars, their chromaticities, their (width, height, m/px), and for each
-        # land cover the candidates it draws (its own exemplars, with its nearest kin's where few,
+        # use the candidates it draws (its own exemplars, with its nearest kin's where few,
         # `COVER_KIN`), resolved once.
         self._by_band = []
         for b in range(len(self.bands)):
             members = [e for e in self.exemplars if e.band == b]
             means = np.array([e.mean for e in members], np.float64).reshape(-1, 3)
-            covers = land_cover(means).reshape(-1)
+            uses = np.array([e.use for e in members], np.int64)
             least = self.bands[b].least_candidates
             dims = np.array([(e.width, e.height, e.m_per_px) for e in members], np.float64).reshape(-1, 3)
             self._by_band.append((members, chromaticity(means), dims,
-                                  tuple(_kin_candidates(covers, c, least) for c in range(len(LAND_COVERS)))))
+                                  tuple(_kin_candidates(uses, c, least) for c in range(len(USES)))))
+        # Where each exemplar was photographed, as unit vectors (NaN where unknown), per band.
+        self._origins = [_unit_vectors(np.array([e.origin or (np.nan, np.nan) for e in m], np.float64).reshape(-1, 2))
+                         for m, *_ in self._by_band]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
@@ -510,14 +527,16 @@ class ExemplarAtlas:
     # -- assignment ------------------------------------------------------------------------
 
     def assign(self, seed: int, band: int, i: np.ndarray, j: np.ndarray, read: WindowReader,
-               zoom: int | None = None) -> list[Assignment]:
+               zoom: int | None = None, places=None) -> list[Assignment]:
         """The exemplar, orientation and offset of cells (i, j): a pure function of the seed, the
-        cell and the world's pixels at the band's anchor zoom around the cell's feature point.
+        cell, the world's pixels at the band's anchor zoom around the cell's feature point and,
+        for a `settled` band, the world's settlements (`places`, see `cascade.settlements`; None:
+        a pattern of the seed's own).
 
-        The anchor's land cover picks the candidates (water gets no detail); among them the
-        region's ranking and the closeness of colour (the band's `chroma_weight`) choose. Painting
-        `zoom` above the band's top (a world whose root is shallower than the band) reads the zoom
-        above it instead."""
+        The anchor's land cover picks the candidates (water gets no detail), or on built-up ground
+        the town or suburb exemplars; among them the region's ranking and the closeness of colour
+        (the band's `chroma_weight`) choose. Painting `zoom` above the band's top (a world whose
+        root is shallower than the band) reads the zoom above it instead."""
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
         i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
@@ -526,97 +545,90 @@ class ExemplarAtlas:
         world = 256 << za
         side = max(4, int(round(world / cells)))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
-        covers = land_cover(anchor)
-        if not spec.small_sheets_alone:
-            chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, covers,
-                                                                    spec.regions_log2)
-        else:
-            # A region lays a sheet only where its exemplar holds the region; elsewhere each cell
-            # draws among the exemplars too small to hold one, so that each exemplar still shows
-            # on its share of the ground, and no small photo repeats across a region.
-            size = 1 << spec.regions_log2
-            chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, covers,
-                                                                    spec.regions_log2, salt=SHEET_SALT, centred=True)
-            pick = np.where(chosen >= 0, chosen, 0)
-            holds = (chosen >= 0) & (self._span_cells(band, pick, cos_lat) >= 2 * size)
-            alone = self._lay(seed, band, fx, fy, anchor, covers, 0, skip_span=2 * size)
-            chosen, turns, offset_x, offset_y, cos_lat = (np.where(holds, a, b) for a, b in zip(
-                (chosen, turns, offset_x, offset_y, cos_lat), alone))
+        uses = land_cover(anchor)
+        if spec.settled and len(fx):
+            uses = self._settle(seed, band, cells, fx, fy, uses, places)
+        chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, uses, spec.regions_log2)
         members = self._by_band[band][0]
-        has = chosen >= 0
         out = []
         for k in range(len(i)):
             feature = (float(fx[k]), float(fy[k]))
-            if not has[k]:
+            if chosen[k] < 0:
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
             else:
                 out.append(Assignment(members[int(chosen[k])], int(turns[k]), (float(offset_x[k]), float(offset_y[k])),
                                       float(cos_lat[k]), feature))
         return out
 
-    def _lay(self, seed: int, band: int, fx: np.ndarray, fy: np.ndarray, anchor: np.ndarray, covers: np.ndarray,
-             regions_log2: int, salt: int = 0, centred: bool = False, skip_span: float = 0.0):
+    def _settle(self, seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray, covers: np.ndarray,
+                places) -> np.ndarray:
+        """Land cover turned into town or suburb where the ground at the feature points is built up:
+        the settlements' intensity, its edge moved in and out by a smooth noise (towns are not
+        discs), against `TOWN_INTENSITY` and `SUBURB_INTENSITY`. Water and snow stay as they are."""
+        if places is None:
+            places = ProceduralSettlements(seed)
+        lon = (fx / cells) * 360.0 - 180.0
+        lat = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
+        edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
+        built = places.intensity(lon, lat) ** np.exp(-TOWN_EDGE_NOISE * edge)  # 1 stays 1: a centre is built up
+        land = (covers != 0) & (covers != 1)
+        return np.where(land & (built >= TOWN_INTENSITY), TOWN,
+                        np.where(land & (built >= SUBURB_INTENSITY), SUBURB, covers))
+
+    def _lay(self, seed: int, band: int, fx: np.ndarray, fy: np.ndarray, anchor: np.ndarray, uses: np.ndarray,
+             regions_log2: int):
         """Each cell's exemplar (index among the band's members, -1: none), orientation, place in
         the exemplar (octave-0 px) and ground scale, when regions of 2**regions_log2 cells a side
-        rank the exemplars alike and lay the chosen one as one sheet. `centred`: the region's
-        middle lies near the exemplar's (a random shift within the room left), not anywhere.
-        `skip_span`: exemplars whose shorter side spans at least that many cells are not drawn
-        (unless a cover has no other)."""
+        rank the exemplars alike and lay the chosen one as one sheet."""
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
         members, tints, dims, candidates_of = self._by_band[band]
-        # Every cell of a region ranks the exemplars the same way, so neighbours of one land cover
-        # show the same exemplar in the same orientation (other parts of it), unless colour differs.
+        # Every cell of a region ranks the exemplars the same way, so neighbours of one use show the
+        # same exemplar in the same orientation (other parts of it), unless colour differs.
         ri, rj = region_of(seed, band, cells, fx, fy, regions_log2)
         size = 1 << regions_log2
         # The ground scale of the region's middle row, shared by its cells so their sheets agree.
         v = np.clip((rj + 0.5) * size / cells, 1e-6, 1 - 1e-6)
         cos_lat = np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v))))
-        rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], salt + 100 + np.arange(len(members))[None, :]))
-        if skip_span:
-            every = np.arange(len(members))[None, :]
-            rank = np.where(self._span_cells(band, every, cos_lat[:, None]) >= skip_span, np.inf, rank)
-        turns = cell_hash(seed, band, ri, rj, salt + 8) % 8
+        rank = _unit(cell_hash(seed, band, ri[:, None], rj[:, None], 100 + np.arange(len(members))[None, :]))
+        turns = cell_hash(seed, band, ri, rj, 8) % 8
         # Each region lays its exemplar as one sheet (a hashed shift, the region's orientation), so
         # neighbours show contiguous ground and their border is invisible; a cell whose place on
         # the sheet runs off the exemplar folds back by whole periods (a seam where that happens).
         ox, oy = ri * size, rj * size
         rel_x = (fx - ox + cells / 2) % cells - cells / 2  # across the antimeridian too
         rel_y = fy - oy
-        shift_u = _unit(cell_hash(seed, band, ri, rj, salt + 9))
-        shift_v = _unit(cell_hash(seed, band, ri, rj, salt + 10))
-        # Each cell's choice among its cover's candidates, one cover at a time (-1: water, none).
+        shift_u = _unit(cell_hash(seed, band, ri, rj, 9))
+        shift_v = _unit(cell_hash(seed, band, ri, rj, 10))
+        # Each cell's choice among its use's candidates, one use at a time (-1: water, none).
         chosen = np.full(len(fx), -1, np.int64)
-        for cover in np.unique(covers).tolist():
-            candidates = candidates_of[cover]
+        for use in np.unique(uses).tolist():
+            candidates = candidates_of[use]
             if not len(candidates):
                 continue
-            at = np.flatnonzero(covers == cover)
+            at = np.flatnonzero(uses == use)
             score = rank[np.ix_(at, candidates)]
             if spec.chroma_weight:
                 away = tints[candidates][None] - chromaticity(anchor[at])[:, None]
                 score = score + spec.chroma_weight * (away ** 2).sum(-1)
+            if spec.nearby:
+                score = score + spec.nearby * self._distance(band, fx[at], fy[at], cells, candidates)
             chosen[at] = candidates[np.argmin(score, axis=1)]
         pick = np.where(chosen >= 0, chosen, 0)
         width, height, m_px = dims[pick].T if len(dims) else np.ones((3, len(fx)))
         scale = spec.cell_metres() * cos_lat / m_px  # octave-0 px per cell unit
-        if centred:
-            rel_x, rel_y = rel_x - size / 2, rel_y - size / 2
         sheet_x, sheet_y = _turned(rel_x * scale, rel_y * scale, turns)
-        if centred:
-            room = (2 * size + 2 * SHEET_MARGIN) * scale  # what a region's cells reach (its warped outline)
-            start_x = width / 2 + (shift_u - 0.5) * np.maximum(width - room, 0)
-            start_y = height / 2 + (shift_v - 0.5) * np.maximum(height - room, 0)
-        else:
-            start_x, start_y = shift_u * width, shift_v * height
-        offset_x = _fold(sheet_x + start_x, width, SHEET_MARGIN * scale)
-        offset_y = _fold(sheet_y + start_y, height, SHEET_MARGIN * scale)
+        offset_x = _fold(sheet_x + shift_u * width, width, SHEET_MARGIN * scale)
+        offset_y = _fold(sheet_y + shift_v * height, height, SHEET_MARGIN * scale)
         return chosen, turns, offset_x, offset_y, cos_lat
 
-    def _span_cells(self, band: int, member: np.ndarray, cos_lat: np.ndarray) -> np.ndarray:
-        """How many cells the shorter side of the band's exemplars `member` spans at `cos_lat`."""
-        dims = self._by_band[band][2]
-        return dims[member, :2].min(-1) * dims[member, 2] / (self.bands[band].cell_metres() * cos_lat)
+    def _distance(self, band: int, fx: np.ndarray, fy: np.ndarray, cells: int, candidates: np.ndarray) -> np.ndarray:
+        """Great-circle distance (half turns, 0..1) from feature points to where each candidate was
+        photographed; 0.5 for a candidate of unknown origin."""
+        lat = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
+        here = _unit_vectors(np.stack([lat, fx / cells * 360.0 - 180.0], -1))
+        cos = np.clip(here @ self._origins[band][candidates].T, -1.0, 1.0)
+        return np.where(np.isnan(cos), 0.5, np.arccos(cos) / np.pi)
 
     @staticmethod
     def _anchor_colours(read: WindowReader, zoom: int, cx: np.ndarray, cy: np.ndarray, side: int) -> np.ndarray:
@@ -642,13 +654,13 @@ class ExemplarAtlas:
     # -- rendering ---------------------------------------------------------------------------
 
     def image(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
-              read: WindowReader) -> tuple[np.ndarray, np.ndarray]:
+              read: WindowReader, places=None) -> tuple[np.ndarray, np.ndarray]:
         """What the exemplars themselves show in a window of `zoom` (as `detail`, but the whole
         image, not one octave; for pictures and tests)."""
-        return self.detail(seed, zoom, x0, y0, width, height, read, whole=True)
+        return self.detail(seed, zoom, x0, y0, width, height, read, whole=True, places=places)
 
     def detail(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
-               read: WindowReader, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               read: WindowReader, whole: bool = False, places=None) -> tuple[np.ndarray, np.ndarray]:
         """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
 
         Detail is the octave a stage adds, as a difference of tones, tone E - tone
@@ -657,7 +669,8 @@ class ExemplarAtlas:
         the upsampled parent makes the stage's reference, and where the parent is the same
         exemplar one zoom up the reference is the exemplar itself. Returns float32
         `(3, height, width)` detail and the float32 `(height, width)` coverage, the share of each
-        pixel that exemplars supplied (0 where no cell matched: no detail there).
+        pixel that exemplars supplied (0 where no cell matched: no detail there). `places`: the
+        world's settlements for a `settled` band (`assign`).
         """
         band = band_of_zoom(zoom, self.bands)
         spec = self.bands[band]
@@ -686,7 +699,7 @@ class ExemplarAtlas:
         inverse = inverse.reshape(-1).astype(np.int32)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(cell_ids) + 1))
-        assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom)
+        assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom, places)
         jobs = []  # (assignment, its pixels, their weights) of every cell with an exemplar
         for q, a in enumerate(assignments):
             if a.exemplar is not None:
@@ -799,5 +812,9 @@ class ExemplarAtlas:
 
     @staticmethod
     def _octave_of(ex: Exemplar, footprint: float) -> int:
-        """The finest octave of `ex` whose pixels are no larger than `footprint` octave-0 pixels."""
-        return min(max(int(math.floor(math.log2(max(footprint, 1e-9)) + 1e-6)), 0), len(ex.levels) - 1)
+        """The finest octave of `ex` whose pixels are at most `SAMPLE_RATIO` of `footprint` octave-0
+        pixels: bilinear reads from an octave of the canvas's own pixel size blur by up to half a
+        pixel (a sheet whose resolution is a power of two of the zoom's, OpenAerialMap's z19 tiles
+        at the equator, painted smeared), reads from a finer one keep the edges."""
+        k = math.floor(math.log2(max(footprint * SAMPLE_RATIO, 1e-9)) + 1e-6)
+        return min(max(int(k), 0), len(ex.levels) - 1)

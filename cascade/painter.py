@@ -24,7 +24,7 @@ from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_c
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "10"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "11"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 
@@ -138,17 +138,20 @@ class MetatilePainter:
         seed: int,
         parents: Sequence[mercantile.Tile],
         parent_pixels: Callable[[mercantile.Tile], np.ndarray],
+        earth: bool = False,
     ) -> dict[mercantile.Tile, np.ndarray]:
         """Paint the metatiles (2x2 children) of `parents`, all of one zoom, in one batch.
 
         `parent_pixels(tile)` returns an existing parent-zoom tile as uint8 (256, 256, 3).
+        `earth`: the world is the real Earth, whose towns are where its settlements are (the
+        atlas's GeoNames table); other worlds get a settlement pattern of their seed's own.
         Returns every child tile as uint8 (256, 256, 3).
         """
         if len({p.z for p in parents}) > 1:
             raise ValueError("a batch of metatiles must share one zoom")
         zoom = parents[0].z + 1
         regions = [(2 * TILE * p.x, 2 * TILE * p.y) for p in parents]
-        blocks = self.paint_regions(seed, zoom, regions, 2 * TILE, 2 * TILE, parent_pixels)
+        blocks = self.paint_regions(seed, zoom, regions, 2 * TILE, 2 * TILE, parent_pixels, earth)
         out: dict[mercantile.Tile, np.ndarray] = {}
         for p, block in zip(parents, blocks):
             for i, child in enumerate(children_of(p)):
@@ -164,12 +167,13 @@ class MetatilePainter:
         width: int,
         height: int,
         parent_pixels: Callable[[mercantile.Tile], np.ndarray],
+        earth: bool = False,
     ) -> np.ndarray:
         """Paint equally sized windows of `zoom`, each given by its global pixel origin (x0, y0).
 
         Windows must lie on the model's stride grid. Any window, a metatile or a whole map,
-        gets the same pixels where windows overlap; that is what makes tiles seamless.
-        Returns uint8 (B, height, width, 3).
+        gets the same pixels where windows overlap; that is what makes tiles seamless. `earth`
+        as for `paint`. Returns uint8 (B, height, width, 3).
         """
         grid = 2 * self.model.stride
         if any(v % grid for o in origins for v in o) or width % grid or height % grid:
@@ -187,7 +191,8 @@ class MetatilePainter:
         halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
         guide = None
         if self.atlas is not None:
-            guide = self.reference(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, parent_window)
+            guide = self.reference(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, parent_window,
+                                   earth)
         if self.steps == 0:
             canvas = guide
         else:
@@ -210,13 +215,16 @@ class MetatilePainter:
         height: int,
         tile_pixels: Callable[[mercantile.Tile], np.ndarray],
         parent_window: torch.Tensor,
+        earth: bool = False,
     ) -> torch.Tensor:
         """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
         the upsampled parent with the exemplars' octave of detail (`apply_detail`)."""
         def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
             return read_window(z, x0, y0, w, h, tile_pixels)
 
-        detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read)[0] for x0, y0 in origins])
+        places = self.atlas.settlements if earth else None
+        detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read, places=places)[0]
+                           for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
         return apply_detail(parent_up, torch.from_numpy(detail).to(parent_up))
 

@@ -408,15 +408,25 @@ def test_same_bytes_from_two_painters(tmp_path, tiny_atlas_dir, root):
     assert out[0] == out[1]
 
 
+def _region_of(file: str) -> str:
+    """The index's region of a photo a sheet names (OpenAerialMap mosaics, `block_X_Y_REGION`, are
+    split by region)."""
+    name = Path(file).name
+    return name.split("block_")[-1].split("_", 2)[-1] if "openaerialmap" in file else ""
+
+
 def test_shipped_atlas_fits_the_budget_and_holds_no_held_out_place():
     atlas = ExemplarAtlas(DEFAULT_ATLAS)
     shipped = sum(p.stat().st_size for d in (DEFAULT_ATLAS, DEFAULT_WEIGHTS) for p in d.iterdir())
     assert shipped <= 60e6, f"atlas + weights are {shipped / 1e6:.1f} MB"
     assert {e.band for e in atlas.exemplars} == set(range(len(atlas.bands)))
     for e in json.loads((DEFAULT_ATLAS / "atlas.json").read_text())["exemplars"]:
-        record = ImageRecord("", 0, 0, e["native_m_per_px"], e["lat"], e["lon"], e["region"], e["source"], "",
-                             file=e["name"])
-        assert split_of(record) == "train", e["name"]
+        # A sheet names every photo it was sewn from; each photo must be of the training split too.
+        for name in e.get("photos", [e["name"]]):
+            region = e["region"] if "photos" not in e else _region_of(name)
+            record = ImageRecord("", 0, 0, e["native_m_per_px"], e["lat"], e["lon"], region, e["source"], "",
+                                 file=name)
+            assert split_of(record) == "train", name
     # Octaves decode lazily: nothing is decoded until asked.
     assert not atlas._cache
     ex = atlas.exemplars[-1]
@@ -490,49 +500,58 @@ def test_cells_of_a_band_without_regions_draw_alone(tiny_atlas):
         [(c.exemplar.name, c.turn, c.offset) for c in alone.assign(5, 1, i, j, green)]
 
 
-def test_small_photos_draw_alone_and_large_ones_lay_a_sheet(tiny_atlas):
-    # A band of `small_sheets_alone` lays a region's exemplar as one sheet only where it holds the
-    # region (at least twice its side); a smaller one would repeat in every cell, so there each
-    # cell draws and lays its own, exactly as in a band of one-cell regions.
-    import copy
-    import dataclasses
+def test_a_settled_band_lays_town_sheets_where_the_towns_are(tmp_path):
+    # A quilted, settled band: its exemplars are sheets sewn from photos of one kind of ground, and
+    # its cells draw a town sheet near a settlement, the land-cover sheets elsewhere; of two town
+    # sheets, the one photographed nearer.
+    from cascade.atlas import TOWN, USES
+    from cascade.settlements import GeoNamesSettlements
+    from cascade.training.build_atlas import Sheet
+    from tests.test_settlements import table
 
-    seed, band = 5, 1
-    green = flat(np.array([0.27, 0.43, 0.24], np.float32)[:, None, None])
+    rng = np.random.default_rng(4)
+    records = []
+    for place, colour in (("fields", COLOURS["green"]), ("houses", COLOURS["grey"])):
+        for k in range(6):
+            path = tmp_path / "data" / "photos" / place / f"{place}{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_texture(rng, 128, colour)).save(path)
+            records.append(ImageRecord(str(path), 128, 128, 100.0, None, None, place, "test", "train",
+                                       file=f"photos/{place}/{place}{k}.png"))
+    town = (10.0, 45.0)
+    sheets = (Sheet("fields", "open", "photos", ("fields",), 64, 16),
+              Sheet("town", "town", "photos", ("houses",), 64, 16, origin=(town[1], town[0])),
+              Sheet("faraway", "town", "photos", ("houses",), 64, 16, origin=(-town[1], town[0] - 180)))
+    bands = (Band("coarse", 2, 5, 5), Band("local", 6, 8, 13, regions_log2=0, chroma_weight=0.0, settled=True,
+                                           nearby=2.0, quilted=True))
+    build(tmp_path / "data", tmp_path / "atlas", budget_mb=5, bands=bands, shares=(1, 1),
+          records=make_records(tmp_path / "data") + records, sheets=sheets,
+          settlements=table((*town, 5_000_000)))
+    atlas = ExemplarAtlas(tmp_path / "atlas")
+    sheet_names = {e.name for e in atlas.exemplars if e.band == 1}
+    assert sheet_names == {"sheet:fields", "sheet:town", "sheet:faraway"}
+    meta = json.loads((tmp_path / "atlas" / "atlas.json").read_text())
+    assert {e["use"] for e in meta["exemplars"] if e["band"] == 1} == {"open", "town"}
+    assert sorted(meta["exemplars"][-1]["photos"]) == sorted(r.file for r in records if "houses" in r.file)
+    assert meta["exemplars"][-1]["lat"] == -45.0
+    assert isinstance(atlas.settlements, GeoNamesSettlements) and len(atlas.settlements) == 1
 
-    def variant(**changes):
-        atlas = copy.copy(tiny_atlas)
-        atlas.bands = (tiny_atlas.bands[0], dataclasses.replace(tiny_atlas.bands[1], chroma_weight=0.0, **changes))
-        return [(c.exemplar.name, c.turn, c.offset) for c in atlas.assign(seed, band, i, j, green)], atlas
-
-    # 512 px at 2 km/px (1024 km) against 2x2 regions of 626 km cells, between 50 N and 20 S:
-    # at most 2.5 cells, too small to hold a region.
-    i, j = np.meshgrid(np.arange(20, 36), np.arange(20, 36))
+    # Cells around the town (3.5 km cells at 45 N; it is built up over about 18 km, and counts
+    # for nothing beyond 44 km) and far from it.
+    cells = 1 << 13
+    ci = int((town[0] + 180) / 360 * cells)
+    cj = int(mercantile.tile(*town, 13).y)
+    i, j = np.meshgrid(np.arange(ci - 16, ci + 17), np.arange(cj - 16, cj + 17))
     i, j = i.reshape(-1), j.reshape(-1)
-    small, _ = variant(cells_log2=6, regions_log2=1, small_sheets_alone=True)
-    alone, _ = variant(cells_log2=6, regions_log2=0)
-    assert small == alone
-    # Against 156 km cells (about 35 N) the exemplar spans 8 cells: regions lay it as one sheet.
-    i, j = np.meshgrid(np.arange(80, 112), np.arange(100, 132))
-    i, j = i.reshape(-1), j.reshape(-1)
-    from cascade.atlas import _turned, feature_points, region_of
-
-    large, atlas = variant(cells_log2=8, regions_log2=1, small_sheets_alone=True)
-    alone, _ = variant(cells_log2=8, regions_log2=0)
-    spec = atlas.bands[band]
-    fx, fy = feature_points(seed, band, i, j)
-    ri, rj = region_of(seed, band, 1 << spec.cells_log2, fx, fy, 1)
-    cells = atlas.assign(seed, band, i, j, green)
-    pairs = contiguous = 0
-    for a in range(len(i)):
-        for b in range(a + 1, len(i)):
-            if abs(i[a] - i[b]) + abs(j[a] - j[b]) != 1 or (ri[a], rj[a]) != (ri[b], rj[b]):
-                continue
-            pairs += 1
-            ea, eb = cells[a], cells[b]
-            scale = spec.cell_metres() * ea.cos_lat / ea.exemplar.m_per_px
-            expected = _turned((fx[b] - fx[a]) * scale, (fy[b] - fy[a]) * scale, ea.turn)
-            contiguous += (ea.exemplar is eb.exemplar and ea.turn == eb.turn
-                           and np.allclose(np.subtract(eb.offset, ea.offset), expected, atol=0.02 * scale))
-    assert pairs >= 40 and contiguous == pairs, (pairs, contiguous)
-    assert sum(p != q for p, q in zip(large, alone)) > 0.5 * len(i)
+    green = flat(np.array(COLOURS["green"], np.float32)[:, None, None] / 255)
+    near = np.hypot(i - ci, j - cj) <= 1
+    far = np.hypot(i - ci, j - cj) >= 14
+    for places, expect_town in ((atlas.settlements, True), (None, False)):
+        drawn = [a.exemplar.name for a in atlas.assign(1, 1, i, j, green, places=places)]
+        town_drawn = np.array([name == "sheet:town" for name in drawn])
+        assert "sheet:faraway" not in drawn  # a town sheet from the far side of the Earth loses to the near one
+        if expect_town:
+            assert town_drawn[near].all() and not town_drawn[far].any()
+        else:  # a procedural world's settlements are elsewhere (this is countryside to it)
+            assert town_drawn.mean() < 0.2
+    assert USES[TOWN] == "town"

@@ -36,9 +36,9 @@ def test_prefetch_is_top_down_and_resumable(tmp_path, weights, monkeypatch):
     painted = []
     original = MetatilePainter.paint
 
-    def spy(self, seed, parents, parent_pixels):
+    def spy(self, seed, parents, parent_pixels, **kwargs):
         painted.append([p.z for p in parents])
-        return original(self, seed, parents, parent_pixels)
+        return original(self, seed, parents, parent_pixels, **kwargs)
 
     monkeypatch.setattr(MetatilePainter, "paint", spy)
     args = ["-q", "prefetch", "--world", "w=procedural:5", "--bbox", "10,40,12,42", "--zoom", "3-6",

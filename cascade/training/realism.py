@@ -224,7 +224,8 @@ def _atlas_stage(ev, atlas, method, parent, zoom, x0, y0, world: ChainWorld, m_p
         parent = padded[..., m:m + p_h + pad_h, m:m + p_w + pad_w]
     h, w = parent.shape[-2:]
     halo = kw["halo"]
-    detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read)
+    detail, _ = atlas.detail(ev.seed, zoom, x0 - halo, y0 - halo, 2 * w + 2 * halo, 2 * h + 2 * halo, world.read,
+                             places=atlas.settlements)  # laid on the real Earth
     canvas = stage_canvas(parent, halo)
     guide = apply_detail(canvas, torch.from_numpy(detail)[None].to(canvas))
     name = "reference" if method == "reference" else "model"
