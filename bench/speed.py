@@ -38,7 +38,7 @@ def bench(painter: MetatilePainter, batch: int, repeats: int, zoom: int = 14) ->
     def run(i):
         n = 1 << (zoom - 1)  # parents inside the world, spread along a mid-latitude row
         parents = [mercantile.Tile((1000 + 3 * (i * batch + k)) % n, (5000 * n) // 16384, zoom - 1) for k in range(batch)]
-        tiles = painter.paint(7, parents, parent_pixels)
+        tiles = painter.paint(7, parents, parent_pixels, earth=True)  # the real Earth's towns: GeoNames lookups
         for px in tiles.values():
             encode(px)
         return len(tiles)

@@ -16,30 +16,31 @@ bands**. For a canvas at zoom z the reference is rendered like this:
    zoom of the band (where the band has few of that cover, its nearest kin's too: forest for open
    land and back, never snow); water cells get no detail. In a `settled` band, cells on built-up
    ground (near the world's settlements, `cascade.settlements`) draw its suburb or town
-   exemplars instead. Among the candidates, all cells of a region (2**regions_log2 cells a side, irregular
-   outline; one cell in the fine band, whose sheets each hold a cell) rank the exemplars alike,
-   so neighbours of one land cover take the same exemplar (closeness of colour breaks the
-   ranking), and the region lays it as one sheet: one hashed shift, one orientation, so
-   neighbouring cells show contiguous ground and no border between them. Where a cell's place on
-   the sheet runs off the exemplar it folds back by whole periods, and a seam shows along that
+   exemplars instead. Among the candidates, all cells of a region (2**regions_log2 cells a side,
+   irregular outline; one cell in the fine band, whose sheets each hold a cell) rank the
+   exemplars alike, so neighbours of one land cover take the same exemplar (closeness of colour
+   breaks the ranking), and the region lays it as one sheet: one hashed shift, one orientation,
+   so neighbouring cells show contiguous ground and no border between them. Where a cell's place
+   on the sheet runs off the exemplar it folds back by whole periods, and a seam shows along that
    cell's border. Every zoom of a band shows the same exemplar in a cell: zooming in reveals the
    same fields and roads, sharper.
 3. The exemplar is laid at true ground scale (its metres per pixel against the cell's) and read
-   from its finest octave no finer than the zoom's pixels, on the zoom's pixel grid. What a stage
-   takes from it is one octave of detail as a difference of tones, tone E - tone
-   bicubic_up(area_down(E)) (`tone`: log-like towards black and towards white; the cascade's own
-   down and up steps) times the band's gain, so cells bring texture relative to the local level,
-   not colour, and two cells meet without a step, in a narrow fade along the warped border.
+   from an octave a little finer than the zoom's pixels (`SAMPLE_RATIO`), on the zoom's pixel
+   grid. What a stage takes from it is one octave of detail as a difference of tones, tone E -
+   tone bicubic_up(area_down(E)) (`tone`: log-like towards black and towards white; the
+   cascade's own down and up steps) times the band's gain, so cells bring texture relative to the
+   local level, not colour, and two cells meet without a step, in a narrow fade along the warped
+   border.
 
-The stage's reference is the upsampled parent with that detail added to its tone; back-projection onto the parent
-(`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
+The stage's reference is the upsampled parent with that detail added to its tone; back-projection
+onto the parent (`cascade.sampler.finish_stage`) keeps every 2x2 mean. Within a band each zoom adds the next
 octave of the same exemplar, so a cell rebuilds its real image as one zooms in; structure coarser
 than the band's top zoom comes from the band above.
 
 The atlas is two files, shipped in `cascade/exemplars/`: `atlas.json` (bands, exemplars,
-descriptors, where each octave lies) and `atlas.bin` (the octaves as JPEG, concatenated). The blob
-is memory-mapped and octaves are decoded on first use into a small least-recently-used cache, so
-start-up is instant and memory stays bounded. `python -m cascade.training.build_atlas` makes both
+descriptors, where each octave lies) and `atlas.bin` (the octaves as JPEG, concatenated, then the
+real Earth's settlements as int32 rows). The blob is memory-mapped and octaves are decoded on
+first use into a small least-recently-used cache, so start-up is instant and memory stays bounded. `python -m cascade.training.build_atlas` makes both
 from the training split.
 """
 
@@ -103,6 +104,13 @@ class Band:
     # The build sews the band's exemplars from photos of one kind of ground each
     # (`cascade.training.quilt`) instead of taking images whole.
     quilted: bool = False
+    # Mean brightness under which green land is forest (`land_cover`). Where it picks among Blue
+    # Marble tiles and Landsat scenes 0.2 serves. Where it picks between a canopy of trees and a
+    # field of crops it is too high: the Blue Marble's forests are darker than 0.12 (the Amazon
+    # 0.09, the Congo 0.06, the Black Forest 0.10, the taiga 0.11), its farmland brighter than 0.18
+    # (Iowa 0.20, Ukraine 0.19, northern Germany 0.20, the Paris basin 0.23), and at 0.2 the
+    # farmland of the temperate zone was painted as forest at z16-z18.
+    forest_below: float = 0.2
 
     @property
     def anchor_zoom(self) -> int:
@@ -138,7 +146,7 @@ BANDS = (
     Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
     Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1),
     Band("fine", 13, 18, 17, gain=1.4, chroma=1.0, regions_log2=0, chroma_weight=0.0, settled=True, nearby=2.0,
-         quilted=True),
+         quilted=True, forest_below=0.15),
 )
 
 
@@ -358,16 +366,17 @@ def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarra
     return np.asarray(found, np.int64)
 
 
-def land_cover(rgb: np.ndarray) -> np.ndarray:
+def land_cover(rgb: np.ndarray, forest_below: float = 0.2) -> np.ndarray:
     """A coarse land cover class (index into LAND_COVERS) from mean sRGB colours in [0, 1]:
     the same rules for the world's own pixels and for the exemplars. Snow is pale and grey or
-    bluish; pale ground with a warm cast (a dry plain, a beach) is bare."""
+    bluish; pale ground with a warm cast (a dry plain, a beach) is bare; green land darker than
+    `forest_below` is forest (`Band.forest_below`)."""
     rgb = np.asarray(rgb, np.float64)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     bright, spread = rgb.mean(-1), rgb.max(-1) - rgb.min(-1)
     return np.select(
         [b > np.maximum(r, g) + 0.02, (rgb.min(-1) > 0.55) & (spread < 0.15) & (b > r - 0.04),
-         (r > g + 0.02) & (bright > 0.25), bright < 0.2],
+         (r > g + 0.02) & (bright > 0.25), bright < forest_below],
         [0, 1, 2, 3], default=4)
 
 
@@ -545,7 +554,7 @@ class ExemplarAtlas:
         world = 256 << za
         side = max(4, int(round(world / cells)))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
-        uses = land_cover(anchor)
+        uses = land_cover(anchor, spec.forest_below)
         if spec.settled and len(fx):
             uses = self._settle(seed, band, cells, fx, fy, uses, places)
         chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, uses, spec.regions_log2)

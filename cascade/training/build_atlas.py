@@ -104,13 +104,19 @@ class Sheet:
 
 
 US = (39.8, -98.6)  # UC Merced's photos are of towns across the United States
+# A sheet's credit line by image set (an OpenAerialMap mosaic's own `source` names one web tile).
+CREDITS = {
+    "ucmerced": "UC Merced Land Use (USGS National Map orthoimagery, public domain; Yang & Newsam, ACM GIS 2010)",
+    "openaerialmap": "OpenAerialMap / Open Imagery Network contributors (CC-BY 4.0)",
+}
 
 
 SHEET_CELLS = 2.03  # a sheet's side in cells of its band: a cell's place in it seldom runs off the edge
 # The fine band's sheets, by kind of ground. UC Merced's land-use classes are 78 m photos of US
 # farmland, scrub, forest, suburbs and towns, sewn whole; the OpenAerialMap mosaics (0.3 m, East
-# African and Nepali towns and their outskirts) in pieces of 150 m; Satellogic's 1 m desert scenes
-# in pieces of 190 m.
+# African and Nepali towns and their outskirts) in pieces of 150 m. Satellogic's two 1 m desert
+# scenes are left out: sewn into a sheet, their walled compounds printed over every desert and
+# pale plain (the Sahara, the Ganges plain).
 SHEETS = (
     Sheet("fields", "open", "ucmerced", ("agricultural",), 256, 48, US),
     Sheet("forest", "forest", "ucmerced", ("forest",), 256, 48, US),
@@ -121,7 +127,6 @@ SHEETS = (
     Sheet("dar-es-salaam", "town", "openaerialmap", ("DarEsSalaam_TZ",), 512, 64),
     Sheet("nairobi", "town", "openaerialmap", ("Nairobi_KE",), 512, 64),
     Sheet("banepa", "suburb", "openaerialmap", ("Banepa_NP",), 512, 64),
-    Sheet("desert", "bare", "satellogic_1m", None, 192, 32),
 )
 
 
@@ -499,7 +504,7 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
-                         use=LAND_COVERS[int(land_cover(np.array(mean)))], levels=[])
+                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below))], levels=[])
             for level, data in zip(levels, encoded):
                 entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
                 blob += data
@@ -552,7 +557,7 @@ def _sheet_exemplars(records: list[ImageRecord], band: Band, index: int, sheets:
             else sheet.origin or (None, None)
         yield dict(band=index, name=f"sheet:{sheet.name}", place=sheet.name, region=sheet.name,
                    lat=None if lat is None else round(lat, 4), lon=None if lon is None else round(lon, 4),
-                   source=photos[0].source, native_m_per_px=native, m_per_px=g0, mean=mean, std=std, use=sheet.use,
+                   source=CREDITS.get(sheet.group, photos[0].source), native_m_per_px=native, m_per_px=g0, mean=mean, std=std, use=sheet.use,
                    photos=names), encoded
 
 
