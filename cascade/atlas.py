@@ -134,7 +134,8 @@ class Band:
 # (bench/atlas_gain.py, see README) near a high-frequency energy ratio of 1: a gain above what the
 # finest octave needs over-strengthens that octave once deeper zooms magnify it, and the cascade
 # keeps every octave it has painted. The fine band's 1.4 and full colour (red roofs, green trees)
-# scored best of gains 1.0-1.8 and half or full colour at z14 and z18 (bench/root_chains.py, README).
+# scored best of gains 1.0-1.8 and half or full colour at z14 and z18 (bench/root_chains.py, README);
+# the continental band's 1.0 scored as well as 0.7 and better than 1.5 at z6-z7.
 # The fine band's photos (40-300 m) are smaller than its cells, so its exemplars are sheets of
 # about 600 m sewn from many photos of one kind of ground (fields, forest, scrub, suburb, town;
 # `cascade.training.quilt`), and each cell lays its own sheet with its own orientation and place
@@ -143,7 +144,7 @@ class Band:
 # px cells made a grain. Which sheet a cell draws follows the world: built-up ground near
 # settlements (`cascade.settlements`), elsewhere the land cover of the zoom above the band.
 BANDS = (
-    Band("continental", 5, 7, 7, gain=1.5, chroma=1.0),
+    Band("continental", 5, 7, 7, gain=1.0, chroma=1.0),
     Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1),
     Band("fine", 13, 18, 17, gain=1.4, chroma=1.0, regions_log2=0, chroma_weight=0.0, settled=True, nearby=2.0,
          quilted=True, forest_below=0.15),
