@@ -40,8 +40,8 @@ than the band's top zoom comes from the band above.
 The atlas is two files, shipped in `cascade/exemplars/`: `atlas.json` (bands, exemplars,
 descriptors, where each octave lies) and `atlas.bin` (the octaves as JPEG, concatenated, then the
 real Earth's settlements as int32 rows). The blob is memory-mapped and octaves are decoded on
-first use into a small least-recently-used cache, so start-up is instant and memory stays bounded. `python -m cascade.training.build_atlas` makes both
-from the training split.
+first use into a small least-recently-used cache, so start-up is instant and memory stays
+bounded. `python -m cascade.training.build_atlas` makes both from the training split.
 """
 
 from __future__ import annotations
@@ -420,6 +420,11 @@ def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02)
     return soft_add(base, untone(tone(base) + detail) - base, margin)
 
 
+def _lon_lat(fx: np.ndarray, fy: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees of longitude and latitude of points in cell units of a Web Mercator world `cells` wide."""
+    return fx / cells * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
+
+
 def _unit_vectors(lat_lon: np.ndarray) -> np.ndarray:
     """(..., 2) degrees of latitude and longitude as (..., 3) points on the unit sphere."""
     lat, lon = np.radians(lat_lon[..., 0]), np.radians(lat_lon[..., 1])
@@ -577,8 +582,7 @@ class ExemplarAtlas:
         discs), against `TOWN_INTENSITY` and `SUBURB_INTENSITY`. Water and snow stay as they are."""
         if places is None:
             places = ProceduralSettlements(seed)
-        lon = (fx / cells) * 360.0 - 180.0
-        lat = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
+        lon, lat = _lon_lat(fx, fy, cells)
         edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
         built = places.intensity(lon, lat) ** np.exp(-TOWN_EDGE_NOISE * edge)  # 1 stays 1: a centre is built up
         land = (covers != 0) & (covers != 1)
@@ -635,8 +639,8 @@ class ExemplarAtlas:
     def _distance(self, band: int, fx: np.ndarray, fy: np.ndarray, cells: int, candidates: np.ndarray) -> np.ndarray:
         """Great-circle distance (half turns, 0..1) from feature points to where each candidate was
         photographed; 0.5 for a candidate of unknown origin."""
-        lat = np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
-        here = _unit_vectors(np.stack([lat, fx / cells * 360.0 - 180.0], -1))
+        lon, lat = _lon_lat(fx, fy, cells)
+        here = _unit_vectors(np.stack([lat, lon], -1))
         cos = np.clip(here @ self._origins[band][candidates].T, -1.0, 1.0)
         return np.where(np.isnan(cos), 0.5, np.arccos(cos) / np.pi)
 

@@ -52,7 +52,18 @@ def intensity_from(lon: np.ndarray, lat: np.ndarray, sites: np.ndarray) -> np.nd
     return out
 
 
-class GeoNamesSettlements:
+class Settlements:
+    """Settlements of a world: `near` gives the sites that can count at some points."""
+
+    def near(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def intensity(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """How built up the ground is at the points (`intensity_from`), 0 to 1."""
+        return intensity_from(lon, lat, self.near(lon, lat))
+
+
+class GeoNamesSettlements(Settlements):
     """The real Earth's settlements: int32 rows of (lon x 1e4, lat x 1e4, population), sorted by
     one-degree square (`square_of`) so the sites near a window are a few contiguous runs."""
 
@@ -83,9 +94,6 @@ class GeoNamesSettlements:
         sites = np.concatenate(runs) if runs else np.zeros((0, 3), np.int32)
         return np.column_stack([sites[:, 0] / 1e4, sites[:, 1] / 1e4, sites[:, 2].astype(np.float64)])
 
-    def intensity(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        return intensity_from(lon, lat, self.near(lon, lat))
-
 
 def reach_box(lon: np.ndarray, lat: np.ndarray) -> tuple[float, float, float, float]:
     """(west, east, south, north) degrees of the points' box widened by `REACH_DEG` of ground;
@@ -111,7 +119,7 @@ PROCEDURAL_TAIL = 0.8  # Pareto exponent of the populations: mostly villages, no
 PROCEDURAL_LARGEST = 5e6
 
 
-class ProceduralSettlements:
+class ProceduralSettlements(Settlements):
     """Settlements of a parallel world: one candidate site per `PROCEDURAL_SPACING_DEG` square,
     at a hashed place, holding a settlement with probability `PROCEDURAL_SHARE`, of a Pareto
     population from 500 (a pure function of the seed and the square)."""
@@ -137,6 +145,3 @@ class ProceduralSettlements:
         site_lon = (ci + 0.1 + 0.8 * unit(3)) * step - 180.0
         site_lat = (rj + 0.1 + 0.8 * unit(4)) * step
         return np.column_stack([site_lon, site_lat, population])[present]
-
-    def intensity(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        return intensity_from(lon, lat, self.near(lon, lat))

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
 import hashlib
 import io
 import json
 import logging
-import math
 import sys
 import time
 from collections import defaultdict
@@ -88,7 +86,7 @@ DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
 SERIES_DATES = 2
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Sheet:
     """One exemplar of a `quilted` band: a square sheet about `side_m` wide, sewn from pieces of
     `piece_px` (at the photos' own resolution) of the training photos of `places` in the image set
@@ -412,11 +410,10 @@ def sheet_photos(records: list[ImageRecord], sheet: Sheet) -> list[ImageRecord]:
     return sorted((r for r in photos if r.m_per_px > coarsest / 1.5), key=lambda r: r.file)
 
 
-def sew_sheet(records: list[ImageRecord], sheet: Sheet, side_m: float,
+def sew_sheet(photos: list[ImageRecord], sheet: Sheet, side_m: float,
               rng: np.random.Generator) -> tuple[np.ndarray, float, list[str]] | None:
-    """(the quilted sheet, `side_m` wide, its m/px, the photos it was sewn from), or None without
-    photos for it."""
-    photos = sheet_photos(records, sheet)
+    """(the quilted sheet, `side_m` wide, its m/px, the files it was sewn from) from the sheet's
+    `photos` (`sheet_photos`), or None where none is large enough."""
     images, names = [], []
     for rec in photos:
         img = load_image(rec)
@@ -474,11 +471,10 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
     for index, band in enumerate(bands):
         budget = budget_mb * 1e6 * shares[index] / sum(shares)
         if band.quilted:
-            for entry, encoded in _sheet_exemplars(records, band, index, sheets, seed):
-                entry["levels"] = []
-                for data, (w, h) in encoded:
-                    entry["levels"].append([len(blob), len(data), w, h])
-                    blob += data
+            for entry, levels in _sheet_exemplars(records, band, index, sheets, seed):
+                size = store_octaves(blob, entry, levels)
+                log.info("band %s: %s, %d px at %.3f m/px from %d photos, %.1f MB", band.name, entry["name"],
+                         levels[0].shape[0], entry["native_m_per_px"], len(entry["photos"]), size / 1e6)
                 exemplars.append(entry)
             continue
         pool = interleaved([r for r in records if eligible(r, band, index)], seed + index)
@@ -501,16 +497,12 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             mean, std = descriptor(levels[0], g0, band)
             if index > 0 and not land_cover_scene(rec, np.array(mean), levels[0]):
                 continue
-            encoded = [encode_jpeg(level) for level in levels]
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
-                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below))], levels=[])
-            for level, data in zip(levels, encoded):
-                entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
-                blob += data
+                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below))])
+            spent += store_octaves(blob, entry, levels)
             exemplars.append(entry)
             dates[rec.place] += 1
-            spent += sum(len(d) for d in encoded)
             taken += 1
         bar.close()
         log.info("band %s: %d exemplars of %d eligible, %.1f MB", band.name, taken, len(pool), spent / 1e6)
@@ -537,28 +529,37 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
     return meta
 
 
+def store_octaves(blob: bytearray, entry: dict, levels: list[np.ndarray]) -> int:
+    """Append an exemplar's octaves to `blob` as JPEG, recording in `entry["levels"]` where each
+    lies (offset, bytes, width, height); returns the bytes appended."""
+    start = len(blob)
+    entry["levels"] = []
+    for level in levels:
+        data = encode_jpeg(level)
+        entry["levels"].append([len(blob), len(data), level.shape[1], level.shape[0]])
+        blob += data
+    return len(blob) - start
+
+
 def _sheet_exemplars(records: list[ImageRecord], band: Band, index: int, sheets: tuple[Sheet, ...], seed: int):
-    """(exemplar entry, its octaves as (JPEG, (width, height))) of each sheet of a quilted band."""
+    """(exemplar entry, its octaves) of each sheet of a quilted band."""
     for k, sheet in enumerate(tqdm(sheets, desc=f"{band.name} z{band.top}-{band.bottom}", unit="sheet", leave=False,
                                    file=sys.stderr)):
-        sewn = sew_sheet(records, sheet, SHEET_CELLS * band.cell_metres(), np.random.default_rng([seed, index, k]))
+        photos = sheet_photos(records, sheet)
+        sewn = sew_sheet(photos, sheet, SHEET_CELLS * band.cell_metres(), np.random.default_rng([seed, index, k]))
         if sewn is None:
             log.warning("band %s: no training photos for the %s sheet; left out", band.name, sheet.name)
             continue
         img, native, names = sewn
         g0, levels = octaves(img, native, band, side=max(img.shape[:2]))
         mean, std = descriptor(levels[0], g0, band)
-        encoded = [(encode_jpeg(level), (level.shape[1], level.shape[0])) for level in levels]
-        log.info("band %s: sheet %s, %d px at %.3f m/px from %d photos, %.1f MB", band.name, sheet.name,
-                 img.shape[0], native, len(names), sum(len(d) for d, _ in encoded) / 1e6)
-        photos = sheet_photos(records, sheet)
         placed = [r for r in photos if r.lat is not None and r.lon is not None]
         lat, lon = (float(np.mean([r.lat for r in placed])), float(np.mean([r.lon for r in placed]))) if placed \
             else sheet.origin or (None, None)
         yield dict(band=index, name=f"sheet:{sheet.name}", place=sheet.name, region=sheet.name,
                    lat=None if lat is None else round(lat, 4), lon=None if lon is None else round(lon, 4),
-                   source=CREDITS.get(sheet.group, photos[0].source), native_m_per_px=native, m_per_px=g0, mean=mean, std=std, use=sheet.use,
-                   photos=names), encoded
+                   source=CREDITS.get(sheet.group, photos[0].source), native_m_per_px=native, m_per_px=g0,
+                   mean=mean, std=std, use=sheet.use, photos=names), levels
 
 
 def summary(meta: dict, bands: tuple[Band, ...] = BANDS) -> str:
