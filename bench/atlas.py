@@ -84,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="model directory (default: shipped)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--colour-drift", type=float,
+                        help="colour drift of the photographed band (default: shipped with the weights)")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality")
     args = parser.parse_args(argv)
     service = build_service(Settings(worlds=WORLDS, cache_dir=args.cache_dir, device=args.device,
-                                     weights=args.weights, threads=args.threads, maxzoom=max(ZOOMS)))
+                                     weights=args.weights, threads=args.threads, maxzoom=max(ZOOMS),
+                                     colour_drift=args.colour_drift))
     start = time.perf_counter()
     rows = []
     with tqdm(PLACES, unit="place") as bar:

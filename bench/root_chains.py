@@ -43,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atlas", default="default", help="exemplar atlas directory, 'none', or 'default'")
     parser.add_argument("--sampler")
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--colour-drift", type=float,
+                        help="colour drift of the photographed band (default: shipped with the weights)")
     parser.add_argument("--bands", default="", help="only these bands, comma-separated (e.g. z5-7,z17-19)")
     parser.add_argument("--seeds", default="0", help="world seeds of the Earth, comma-separated; KIDs averaged")
     parser.add_argument("--out", type=Path, default=Path("build/bench/root_chains.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.perf_counter()
-    painter = MetatilePainter.from_pretrained(sampler=args.sampler, steps=args.steps, atlas=args.atlas)
+    painter = MetatilePainter.from_pretrained(sampler=args.sampler, steps=args.steps, atlas=args.atlas,
+                                               colour_drift=args.colour_drift)
     pictures = args.out.with_suffix("")
     try:
         seeds = [int(v) for v in args.seeds.split(",") if v.strip()]

@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                         "cover from (default: the painted block's mean)")
     parser.add_argument("--seed", type=int, help="seed of the atlas alone's cells (default: the earth world's)")
     parser.add_argument("--out", type=Path, default=Path("build/bench/root_gap.json"))
+    parser.add_argument("--colour-drift", type=float,
+                        help="colour drift of the photographed band (default: shipped with the weights)")
+    parser.add_argument("--picture", type=Path, help="also write the images side by side (real crop first) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -63,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sample = max(samples, key=lambda s: s.pixels)
     zoom = root_zoom_for(sample)
-    painter = MetatilePainter.from_pretrained()
-    painted = root_chain(earth_service(painter, args.out.with_suffix("") / "cache"), "earth", sample, zoom)
+    painter = MetatilePainter.from_pretrained(colour_drift=args.colour_drift)
+    service = earth_service(painter, args.out.with_suffix("") / f"cache-{painter.revision}")
+    painted = root_chain(service, "earth", sample, zoom)
 
     painted_mean = (painted.astype(np.float32) / 255).reshape(-1, 3).mean(0)
     colour = np.array([float(c) for c in args.colour.split(",")], np.float32) if args.colour else painted_mean
@@ -89,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         "atlas alone": alone,
         "atlas alone, painted mean colour": recolour(alone, painted_mean.astype(np.float64)),
     }
+    if args.picture:
+        from PIL import Image
+        real_crop = sample.images[0][:512, :512]
+        row = [real_crop] + [img[:512, :512] for img in images.values()]
+        sheet = np.concatenate([np.pad(im, ((0, 512 - im.shape[0]), (0, 512 - im.shape[1] + 8), (0, 0)),
+                                       constant_values=255) for im in row], axis=1)
+        args.picture.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).save(args.picture)
     extractor = FeatureExtractor()
     real = extractor(crops(sample.images))
     scores = {name: kid(extractor(crops([img])), real)[0] * 1e3 for name, img in images.items()}

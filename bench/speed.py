@@ -67,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sampler", help="solver, or 'reference' for the atlas alone")
     parser.add_argument("--atlas", help="atlas directory or 'none' (default: as shipped with the weights)")
     parser.add_argument("--strength", type=float, help="share of solver steps run from the atlas reference")
+    parser.add_argument("--colour-drift", type=float,
+                        help="colour drift of the photographed band (default: shipped with the weights)")
     parser.add_argument("--zooms", default="14", help="zooms of the new tiles, comma separated")
     parser.add_argument("--bf16", action="store_true", help="run the model under bf16 autocast (GPU)")
     parser.add_argument("--out", type=Path, default=Path("build/bench/speed.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     painter = MetatilePainter.from_pretrained(args.weights, sampler=args.sampler, steps=args.steps, device=args.device,
-                                              atlas=args.atlas or "default", strength=args.strength)
+                                              atlas=args.atlas or "default", strength=args.strength,
+                                              colour_drift=args.colour_drift)
     # Autocast rather than bf16 weights: the sampler feeds the model fp32 canvases and steps in fp32.
     with torch.autocast(device_type=painter.device.type, dtype=torch.bfloat16, enabled=args.bf16):
         rows = [bench(painter, int(b), args.repeats, int(z)) for z in args.zooms.split(",") for b in args.batches.split(",")]

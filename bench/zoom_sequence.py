@@ -43,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=Path("build/demo-cache"))
     parser.add_argument("--sampler", help="solver (default: shipped with the weights)")
     parser.add_argument("--steps", type=int, help="solver steps (default: shipped with the weights)")
+    parser.add_argument("--colour-drift", type=float,
+                        help="colour drift of the photographed band (default: shipped with the weights)")
     parser.add_argument("--columns", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("docs/zoom-sequence.jpg"))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    service = build_service(Settings(worlds=(args.world,), cache_dir=args.cache_dir, maxzoom=20, sampler=args.sampler, steps=args.steps))
+    service = build_service(Settings(worlds=(args.world,), cache_dir=args.cache_dir, maxzoom=20, sampler=args.sampler,
+                                     steps=args.steps, colour_drift=args.colour_drift))
     name = args.world.partition("=")[0]
     panels = []
     for z in (int(v) for v in args.zooms.split(",")):

@@ -381,6 +381,17 @@ def land_cover(rgb: np.ndarray, forest_below: float = 0.2) -> np.ndarray:
         [0, 1, 2, 3], default=4)
 
 
+def photographed_land(rgb: torch.Tensor) -> torch.Tensor:
+    """How much pixels (..., 3, H, W) in [0, 1] are land of the kinds the photographs show: 1 on
+    plain land, falling to 0 over water and snow (`land_cover`'s rules, softened over a few
+    hundredths so the weight has no hard edges)."""
+    r, g, b = rgb.unbind(-3)
+    water = ((b - torch.maximum(r, g)) / 0.04 + 0.5).clamp(0, 1)
+    spread = rgb.amax(-3) - rgb.amin(-3)
+    snow = ((rgb.amin(-3) - 0.5) / 0.1).clamp(0, 1) * ((0.2 - spread) / 0.1).clamp(0, 1)
+    return (1 - water) * (1 - snow)
+
+
 def hazy(rgb: np.ndarray) -> np.ndarray:
     """Bright and bluish-grey: haze, smoke or thin cloud over the land, not land cover itself."""
     rgb = np.asarray(rgb, np.float64)

@@ -15,8 +15,9 @@ from pathlib import Path
 import mercantile
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail
+from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail, band_of_zoom, photographed_land
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
@@ -61,6 +62,11 @@ class MetatilePainter:
         strength: with an atlas, the share of the solver's steps run from the noised reference.
             `steps=0` (sampler ``reference``) paints the reference alone, back-projected onto the
             parent: the model is not run.
+        colour_drift: with an atlas, the share of the way each zoom of the photographed (fine)
+            band moves from its parent's colour toward its photographs' own (0: none, children
+            average to their parent). The root's colours are those of a coarse mosaic, darker and
+            duller than aerial photographs; drifting trades consistency across zooms for the
+            photographs' colour at the deepest zooms.
     """
 
     def __init__(
@@ -73,6 +79,7 @@ class MetatilePainter:
         halo: int | None = None,
         atlas: ExemplarAtlas | None = None,
         strength: float = 0.5,
+        colour_drift: float = 0.0,
     ):
         if sampler == REFERENCE_ONLY:
             steps = 0
@@ -80,11 +87,13 @@ class MetatilePainter:
             raise ValueError(f"steps must be at least 1 (0 only with an exemplar atlas), got {steps}")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if not 0 <= colour_drift <= 1:
+            raise ValueError(f"colour_drift must be in [0, 1], got {colour_drift}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sampler, self.steps = (REFERENCE_ONLY, 0) if steps == 0 else (sampler, steps)
         self.scheduler = None if steps == 0 else make_scheduler(sampler, scheduler_config)
-        self.atlas, self.strength = atlas, strength
+        self.atlas, self.strength, self.colour_drift = atlas, strength, (colour_drift if atlas is not None else 0.0)
         self.halo = default_halo(model) if halo is None else halo
         if self.halo % model.stride or self.halo // 2 + model.context_margin > TILE:
             # The parent window must stay within the parent's 3x3 neighbourhood of tiles.
@@ -93,18 +102,22 @@ class MetatilePainter:
         settings = f"{PAINT_VERSION}/{self.sampler}/{self.steps}/{self.halo}"
         if atlas is not None:
             settings += f"/atlas:{atlas.digest}/{ATLAS_PAINT_VERSION}/{strength if self.steps else ''}"
+            if self.colour_drift:
+                settings += f"/drift:{self.colour_drift}"
         self.revision = hashlib.sha256((model_digest(model) + settings).encode()).hexdigest()[:12]
 
     @classmethod
     def from_pretrained(
         cls, path: str | Path = DEFAULT_WEIGHTS, sampler: str | None = None, steps: int | None = None,
-        atlas: str | Path | None = "default", strength: float | None = None, **kwargs
+        atlas: str | Path | None = "default", strength: float | None = None, colour_drift: float | None = None,
+        **kwargs
     ) -> MetatilePainter:
         """Load weights saved by `save_pretrained`, their scheduler config and recommended sampling.
 
         `sampler.json` beside the weights names what evaluation chose: the solver and its steps,
         whether the shipped exemplar atlas is used (`atlas`), the strength the model starts from
-        its reference at, and whether the reference alone is the default (`reference_only`).
+        its reference at, whether the reference alone is the default (`reference_only`), and the
+        colour drift (`colour_drift`).
         Explicit arguments override it. `atlas` is a directory, "default" (what `sampler.json`
         says), or None or "none" (no atlas).
         """
@@ -131,7 +144,9 @@ class MetatilePainter:
         if atlas is not None:
             atlas = ExemplarAtlas(atlas)
         strength = recommended.get("strength", 0.5) if strength is None else strength
-        return cls(model, config, sampler=sampler, steps=steps, atlas=atlas, strength=strength, **kwargs)
+        colour_drift = recommended.get("colour_drift", 0.0) if colour_drift is None else colour_drift
+        return cls(model, config, sampler=sampler, steps=steps, atlas=atlas, strength=strength,
+                   colour_drift=colour_drift, **kwargs)
 
     def paint(
         self,
@@ -203,7 +218,10 @@ class MetatilePainter:
                                   torch.from_numpy(log2_mpp).to(self.device), noise, self.steps,
                                   guide=guide, strength=self.strength)
 
-        children = finish_stage(canvas, parent_window[..., m:-m, m:-m], h)
+        target = parent_window[..., m:-m, m:-m]
+        if self.colour_drift and self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].quilted:
+            target = self.drifted(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, target, earth)
+        children = finish_stage(canvas, target, h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     def reference(
@@ -227,6 +245,22 @@ class MetatilePainter:
                            for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
         return apply_detail(parent_up, torch.from_numpy(detail).to(parent_up))
+
+    def drifted(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+                tile_pixels: Callable[[mercantile.Tile], np.ndarray], parent: torch.Tensor,
+                earth: bool = False) -> torch.Tensor:
+        """The parent under each canvas moved `colour_drift` of the way toward the photographs the
+        atlas lays there (area-averaged to the parent grid), where they cover it and the parent
+        is land: rivers, lakes and snow keep their colour."""
+        def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+            return read_window(z, x0, y0, w, h, tile_pixels)
+
+        places = self.atlas.settlements if earth else None
+        images = [self.atlas.image(seed, zoom, x0, y0, width, height, read, places=places) for x0, y0 in origins]
+        own = F.avg_pool2d(torch.from_numpy(np.stack([i for i, _ in images])), 2).to(parent)
+        cover = F.avg_pool2d(torch.from_numpy(np.stack([c for _, c in images]))[:, None], 2).to(parent)
+        weight = self.colour_drift * cover * photographed_land(parent)[:, None]
+        return parent + weight * (own.clamp(0, 1) - parent)
 
 
 def _memoised(tile_pixels: Callable[[mercantile.Tile], np.ndarray]) -> Callable[[mercantile.Tile], np.ndarray]:

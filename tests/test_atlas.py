@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -555,3 +556,71 @@ def test_a_settled_band_lays_town_sheets_where_the_towns_are(tmp_path):
         else:  # a procedural world's settlements are elsewhere (this is countryside to it)
             assert town_drawn.mean() < 0.2
     assert USES[TOWN] == "town"
+
+
+@pytest.fixture(scope="module")
+def photographed_atlas(tiny_atlas_dir) -> ExemplarAtlas:
+    """The tiny atlas with its fine band (z4-z6) taken for the photographed band a colour drift acts on."""
+    atlas = ExemplarAtlas(tiny_atlas_dir)
+    atlas.bands = (atlas.bands[0], dataclasses.replace(atlas.bands[1], quilted=True))
+    return atlas
+
+
+def _drift_painter(atlas, colour_drift):
+    return MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=0, atlas=atlas,
+                           colour_drift=colour_drift)
+
+
+def test_colour_drift_moves_the_photographed_band_toward_its_photographs(tmp_path, photographed_atlas, root):
+    services = {d: make_service(tmp_path / str(d), _drift_painter(photographed_atlas, d), root) for d in (0.0, 0.5)}
+    assert services[0.0].painter.revision != services[0.5].painter.revision
+    z, x0, y0 = 5, 15, 9  # land, neither snow nor sea
+    for service in services.values():
+        service.tile("test", z, x0, y0)
+    # Above the photographed band nothing changes.
+    coarse = mercantile.Tile(x0 // 4, y0 // 4, z - 2)
+    assert (services[0.0].world_pixels("test", coarse) == services[0.5].world_pixels("test", coarse)).all()
+    from cascade.painter import read_window
+
+    def read(zoom, x, y, w, h):  # the world's own pixels above the band, alike with and without the drift
+        return read_window(zoom, x, y, w, h, lambda t: services[0.0].world_pixels("test", t))
+    photos, cover = photographed_atlas.image(3, z, 256 * x0, 256 * y0, 256, 256, read)
+    covered = cover == 1
+    assert covered.mean() > 0.5
+    photos_mean = photos[:, covered].mean(1)
+    gaps = {}
+    for drift, service in services.items():
+        tile = service.world_pixels("test", mercantile.Tile(x0, y0, z)).astype(np.float32) / 255
+        gaps[drift] = float(np.abs(tile[covered].mean(0) - photos_mean).sum())
+    assert gaps[0.5] < 0.7 * gaps[0.0], gaps
+    # Still seamless: the tiles of a block, painted one metatile at a time, are the pixels of one canvas.
+    service = services[0.5]
+    block = [mercantile.Tile(x0 + dx, y0 + dy, z) for dy in (0, 1) for dx in (0, 1)]
+    from tests.test_painter import stored_pixels
+    mosaic = np.zeros((512, 512, 3), np.uint8)
+    for t in block[::-1]:
+        service.tile("test", t.z, t.x, t.y)
+    for t in block:
+        r, c = t.y - y0, t.x - x0
+        mosaic[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] = stored_pixels(service, t)
+    canvas = service.painter.paint_regions(3, z, [(256 * x0, 256 * y0)], 512, 512,
+                                           lambda t: service.world_pixels("test", t))[0]
+    diff = np.abs(canvas.astype(int) - mosaic.astype(int))
+    assert (diff <= 1).mean() >= 0.999, f"max diff {diff.max()}"
+    for s in services.values():
+        s.store.close()
+
+
+@pytest.mark.parametrize("ground,drifts", [("snow", False), ("water", False), ("green", True)])
+def test_colour_drift_leaves_snow_and_water_alone(photographed_atlas, ground, drifts):
+    colour = {"snow": (235, 235, 240), "water": (20, 40, 90), "green": COLOURS["green"]}[ground]
+    tile = np.broadcast_to(np.array(colour, np.uint8), (256, 256, 3))
+    painted = [_drift_painter(photographed_atlas, d).paint_regions(3, 5, [(256 * 15, 256 * 9)], 256, 256,
+                                                                   lambda t: tile)[0] for d in (0.0, 0.5)]
+    moved = np.abs(painted[0].astype(float).mean((0, 1)) - painted[1].astype(float).mean((0, 1))).max()
+    assert (moved > 2) == drifts, moved
+
+
+def test_colour_drift_is_checked():
+    with pytest.raises(ValueError, match="colour_drift"):
+        MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=2, colour_drift=1.5)

@@ -86,6 +86,17 @@ def test_cold_wait_from_flag_and_environment(monkeypatch):
     assert Settings.from_env(flagged.to_env()).cold_wait == 0  # as the worker processes read it
 
 
+def test_colour_drift_from_flag_and_environment(monkeypatch):
+    from tileserver.cli import build_parser, settings_from_args
+
+    assert Settings().colour_drift is None  # as recommended with the weights
+    monkeypatch.setenv("TILESERVER_COLOUR_DRIFT", "0.5")
+    assert settings_from_args(build_parser().parse_args(["serve"])).colour_drift == 0.5
+    flagged = settings_from_args(build_parser().parse_args(["serve", "--colour-drift", "0"]))
+    assert flagged.colour_drift == 0  # the flag wins, and 0 (exact parent means) is kept, not taken for unset
+    assert Settings.from_env(flagged.to_env()).colour_drift == 0  # as the worker processes read it
+
+
 def test_unreachable_store_is_one_clear_line(tmp_path, weights, capsys, postgres_server):
     url = postgres_server.url("missing_db")
     with pytest.raises(SystemExit) as exit_info:
@@ -184,6 +195,7 @@ def test_serve_start_up_errors_are_one_line(tmp_path, weights, damaged_weights, 
     ("TILESERVER_TILE_MAX_AGE", "-5", "max-age must not be negative"),
     ("TILESERVER_COLD_WAIT", "-0.5", "cold-wait must be a number of seconds, 0 or more"),
     ("TILESERVER_COLD_WAIT", "soon", "could not convert"),
+    ("TILESERVER_COLOUR_DRIFT", "1.5", "colour drift must be in [0, 1]"),
 ])
 def test_bad_environment_is_one_line(variable, value, expected, monkeypatch, capsys, no_server):
     monkeypatch.setenv(variable, value)

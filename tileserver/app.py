@@ -88,7 +88,7 @@ def build_service(settings: Settings) -> TileService:
         world.root.load()
     painter = MetatilePainter.from_pretrained(
         settings.weights, sampler=settings.sampler, steps=settings.steps, device=settings.device,
-        atlas=settings.atlas or "default", strength=settings.strength,
+        atlas=settings.atlas or "default", strength=settings.strength, colour_drift=settings.colour_drift,
     )
     return TileService(
         worlds=worlds,

@@ -61,6 +61,9 @@ def _server_options(p: argparse.ArgumentParser, define_worlds: bool = False) -> 
                    "alone (default: the shipped atlas, where the weights recommend it)")
     p.add_argument("--strength", type=float, help="with an atlas and solver steps: the share of steps run from the "
                    "noised atlas reference, in (0, 1] (default: shipped with the weights)")
+    p.add_argument("--colour-drift", type=float, help="with an atlas: the share of the way each zoom from z13 moves "
+                   "from its parent's colour toward the colour of the aerial photographs it shows, in [0, 1]; 0 keeps "
+                   "every zoom's colour its parent's (default: shipped with the weights)")
     p.add_argument("--weights", type=Path, help="model directory (default: the shipped weights)")
     p.add_argument("--threads", type=int, help="CPU threads for the model")
     p.add_argument("--maxzoom", type=int, help="deepest zoom served (default: 18)")
@@ -83,6 +86,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         sampler=args.sampler,
         atlas=args.atlas,
         strength=args.strength,
+        colour_drift=args.colour_drift,
         weights=args.weights,
         threads=args.threads,
         maxzoom=args.maxzoom,

@@ -35,6 +35,9 @@ class Settings:
     steps: int | None = None  # None: the step count recommended with the weights; 0: the atlas reference alone
     atlas: str | None = None  # exemplar atlas directory, or "none"; None: as recommended with the weights
     strength: float | None = None  # share of solver steps run from the noised atlas reference; None: recommended
+    # Share of the way each zoom of the atlas's photographed band moves toward its photographs' colour;
+    # None: as recommended with the weights
+    colour_drift: float | None = None
     minzoom: int = 0
     maxzoom: int = 18
     threads: int | None = None  # torch CPU threads; None leaves torch's default
@@ -67,6 +70,8 @@ class Settings:
             raise ValueError(f"steps must be at least 0 (0: the atlas reference alone), got {self.steps}")
         if self.strength is not None and not 0 < self.strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if self.colour_drift is not None and not 0 <= self.colour_drift <= 1:
+            raise ValueError(f"colour drift must be in [0, 1], got {self.colour_drift}")
         if self.max_batch is not None and self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.hot_tiles_mb < 0:
@@ -115,7 +120,7 @@ def _convert(name: str, raw: str):
     if name in ("port", "minzoom", "maxzoom", "max_batch", "tile_max_age", "unversioned_max_age", "steps", "threads",
                 "workers", "hot_tiles_mb"):
         return int(raw)
-    if name in ("cold_wait", "strength"):
+    if name in ("cold_wait", "strength", "colour_drift"):
         return float(raw)
     if name in ("cache_dir", "weights"):
         return Path(raw)

@@ -312,12 +312,14 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
         steps: int | None = None, device: str = "cpu", root_chains: bool = True, seed: int = 0,
         max_places: int = 6, atlas_dir: Path | None = None, strength: float | None = None,
         root_methods: tuple[str, ...] = ROOT_METHODS, bands_only: tuple[str, ...] = (),
-        places_first: tuple[str, ...] = ()) -> dict:
+        places_first: tuple[str, ...] = (), colour_drift: float | None = None) -> dict:
     """Paint every chain, score it, write realism.json, realism.md and the pictures under `out`.
 
     Methods: the model alone (no atlas; `sampler`/`steps`, default the shipped solver), bicubic,
     the atlas reference alone, and the model started from the atlas reference at `strength`;
-    root chains with the same three painters (`root_methods`)."""
+    root chains with the same three painters (`root_methods`), the atlas ones with the colour drift
+    (`colour_drift`, default as shipped). Real chains start from the place's own imagery, already in
+    its photographs' colour, and are painted without the drift."""
     from cascade.training.kid import FeatureExtractor
 
     t0 = time.perf_counter()
@@ -326,12 +328,17 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
                                               strength=strength)
     sampler, steps, strength = painter.sampler, painter.steps, painter.strength
     scheduler_config = json.loads((Path(weights) / "scheduler_config.json").read_text())
+    if colour_drift is None:
+        recommended = Path(weights) / "sampler.json"
+        colour_drift = json.loads(recommended.read_text()).get("colour_drift", 0.0) if recommended.is_file() else 0.0
     atlas = ExemplarAtlas(atlas_dir or DEFAULT_ATLAS)
     painters = {
         "root: model": painter,
-        "root: reference": MetatilePainter(painter.model, scheduler_config, steps=0, atlas=atlas, device=device),
+        "root: reference": MetatilePainter(painter.model, scheduler_config, steps=0, atlas=atlas, device=device,
+                                           colour_drift=colour_drift),
         "root: reference + model": MetatilePainter(painter.model, scheduler_config, sampler=sampler, steps=steps,
-                                                   atlas=atlas, strength=strength, device=device),
+                                                   atlas=atlas, strength=strength, device=device,
+                                                   colour_drift=colour_drift),
     }
     ev = Evaluator(painter.model, scheduler_config, device=device, halo=painter.halo, seed=seed, batch_size=1)
     samples = held_out_samples(data_dir)
@@ -391,6 +398,7 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     methods = [m for m in feats if feats[m]]
     report = {
         "stages": stages, "methods": methods, "weights": str(weights), "atlas": str(atlas.path),
+        "colour_drift": colour_drift,
         "revisions": {m: p.revision for m, p in painters.items()}, "sampler": sampler, "steps": steps,
         "strength": strength, "places": stats,
         "kid": kid_table({m: feats[m] for m in methods}, real, bands, seed),
@@ -445,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--places-first", default="", help="places (substrings, comma-separated) to take first in their band")
     p.add_argument("--root-methods", default=",".join(ROOT_METHODS),
                    help=f"root chains to paint, comma-separated (of: {', '.join(ROOT_METHODS)})")
+    p.add_argument("--colour-drift", type=float, help="colour drift of the root chains' photographed band "
+                   "(default: shipped with the weights)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -457,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.data_dir, args.weights, args.out, args.stages, args.sampler, args.steps, args.device,
                  not args.no_root_chains, args.seed, args.max_places, args.atlas, args.strength, root_methods,
                  tuple(b.strip() for b in args.bands.split(",") if b.strip()),
-                 tuple(p_.strip() for p_ in args.places_first.split(",") if p_.strip()))
+                 tuple(p_.strip() for p_ in args.places_first.split(",") if p_.strip()), args.colour_drift)
     print(markdown(report))
     return 0
 
