@@ -127,7 +127,7 @@ class MetatilePainter:
         try:
             model = CascadeDenoiser.from_pretrained(str(path), low_cpu_mem_usage=False)
             config = json.loads((path / "scheduler_config.json").read_text())
-            recommended = json.loads((path / "sampler.json").read_text()) if (path / "sampler.json").is_file() else {}
+            recommended = recommended_sampling(path)
         except (OSError, ValueError, RuntimeError, KeyError) as error:  # damaged, truncated or foreign files
             raise ValueError(f"cannot load the model weights in {path}: {error}") from error
         if atlas == "default":
@@ -237,10 +237,7 @@ class MetatilePainter:
     ) -> torch.Tensor:
         """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
         the upsampled parent with the exemplars' octave of detail (`apply_detail`)."""
-        def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-            return read_window(z, x0, y0, w, h, tile_pixels)
-
-        places = self.atlas.settlements if earth else None
+        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
         detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read, places=places)[0]
                            for x0, y0 in origins])
         parent_up = parent_context(self.model, parent_window)
@@ -252,15 +249,25 @@ class MetatilePainter:
         """The parent under each canvas moved `colour_drift` of the way toward the photographs the
         atlas lays there (area-averaged to the parent grid), where they cover it and the parent
         is land: rivers, lakes and snow keep their colour."""
-        def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-            return read_window(z, x0, y0, w, h, tile_pixels)
-
-        places = self.atlas.settlements if earth else None
+        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
         images = [self.atlas.image(seed, zoom, x0, y0, width, height, read, places=places) for x0, y0 in origins]
         own = F.avg_pool2d(torch.from_numpy(np.stack([i for i, _ in images])), 2).to(parent)
         cover = F.avg_pool2d(torch.from_numpy(np.stack([c for _, c in images]))[:, None], 2).to(parent)
         weight = self.colour_drift * cover * photographed_land(parent)[:, None]
         return parent + weight * (own.clamp(0, 1) - parent)
+
+
+def recommended_sampling(path: str | Path) -> dict:
+    """What `sampler.json` beside the weights recommends (see `MetatilePainter.from_pretrained`); {} if absent."""
+    path = Path(path) / "sampler.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def window_reader(tile_pixels: Callable[[mercantile.Tile], np.ndarray]):
+    """`read_window` over `tile_pixels`, as the atlas reads the world (`cascade.atlas.WindowReader`)."""
+    def read(z: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        return read_window(z, x0, y0, w, h, tile_pixels)
+    return read
 
 
 def _memoised(tile_pixels: Callable[[mercantile.Tile], np.ndarray]) -> Callable[[mercantile.Tile], np.ndarray]:

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, Band, band_of_zoom
-from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
+from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, window_reader
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
 from cascade.training.build_atlas import build
@@ -67,13 +67,8 @@ def root() -> ProceduralRoot:
 def world_reader(root: ProceduralRoot):
     """Window reads from a world whose every zoom is a render of a procedural planet (standing in
     for the stored ancestors)."""
-    from cascade.painter import read_window
-
     deep = ProceduralRoot(seed=root.seed, root_zoom=6)
-
-    def read(z, x0, y0, w, h):
-        return read_window(z, x0, y0, w, h, lambda t: deep.render_tile(t.z, t.x, t.y))
-    return read
+    return window_reader(lambda t: deep.render_tile(t.z, t.x, t.y))
 
 
 def test_build_is_reproducible_and_memory_mapped(tiny_atlas_dir, tiny_atlas, tmp_path):
@@ -349,15 +344,14 @@ def _painter(atlas, steps, strength=0.5):
                            strength=strength)
 
 
-@pytest.mark.parametrize("steps", [0, 2])
-def test_atlas_tiles_are_seamless_and_consistent(tmp_path, tiny_atlas, root, steps):
-    service = make_service(tmp_path / "cache", _painter(tiny_atlas, steps), root)
-    z, x0, y0 = 4, 5, 3
+def _assert_block_is_one_canvas(service, z: int, x0: int, y0: int) -> np.ndarray:
+    """Paints the 2x2 tiles from (x0, y0) of zoom z one request at a time (last first), asserts they
+    are the pixels of one canvas painted over them, and returns their mosaic."""
+    from tests.test_painter import stored_pixels
+
     block = [mercantile.Tile(x0 + dx, y0 + dy, z) for dy in (0, 1) for dx in (0, 1)]
-    assert len({mercantile.parent(t) for t in block}) == 4
     for t in block[::-1]:
         service.tile("test", t.z, t.x, t.y)
-    from tests.test_painter import psnr, stored_pixels
     mosaic = np.zeros((512, 512, 3), np.uint8)
     for t in block:
         r, c = t.y - y0, t.x - x0
@@ -366,6 +360,17 @@ def test_atlas_tiles_are_seamless_and_consistent(tmp_path, tiny_atlas, root, ste
                                            lambda t: service.world_pixels("test", t))[0]
     diff = np.abs(canvas.astype(int) - mosaic.astype(int))
     assert (diff <= 1).mean() >= 0.999, f"max diff {diff.max()}"
+    return mosaic
+
+
+@pytest.mark.parametrize("steps", [0, 2])
+def test_atlas_tiles_are_seamless_and_consistent(tmp_path, tiny_atlas, root, steps):
+    service = make_service(tmp_path / "cache", _painter(tiny_atlas, steps), root)
+    z, x0, y0 = 4, 5, 3
+    block = [mercantile.Tile(x0 + dx, y0 + dy, z) for dy in (0, 1) for dx in (0, 1)]
+    assert len({mercantile.parent(t) for t in block}) == 4
+    from tests.test_painter import psnr, stored_pixels
+    mosaic = _assert_block_is_one_canvas(service, z, x0, y0)
     # Every 2x2 block averages to its parent pixel.
     for t in block:
         parent = mercantile.parent(t)
@@ -580,10 +585,8 @@ def test_colour_drift_moves_the_photographed_band_toward_its_photographs(tmp_pat
     # Above the photographed band nothing changes.
     coarse = mercantile.Tile(x0 // 4, y0 // 4, z - 2)
     assert (services[0.0].world_pixels("test", coarse) == services[0.5].world_pixels("test", coarse)).all()
-    from cascade.painter import read_window
-
-    def read(zoom, x, y, w, h):  # the world's own pixels above the band, alike with and without the drift
-        return read_window(zoom, x, y, w, h, lambda t: services[0.0].world_pixels("test", t))
+    # The world's own pixels above the band, alike with and without the drift.
+    read = window_reader(lambda t: services[0.0].world_pixels("test", t))
     photos, cover = photographed_atlas.image(3, z, 256 * x0, 256 * y0, 256, 256, read)
     covered = cover == 1
     assert covered.mean() > 0.5
@@ -594,19 +597,7 @@ def test_colour_drift_moves_the_photographed_band_toward_its_photographs(tmp_pat
         gaps[drift] = float(np.abs(tile[covered].mean(0) - photos_mean).sum())
     assert gaps[0.5] < 0.7 * gaps[0.0], gaps
     # Still seamless: the tiles of a block, painted one metatile at a time, are the pixels of one canvas.
-    service = services[0.5]
-    block = [mercantile.Tile(x0 + dx, y0 + dy, z) for dy in (0, 1) for dx in (0, 1)]
-    from tests.test_painter import stored_pixels
-    mosaic = np.zeros((512, 512, 3), np.uint8)
-    for t in block[::-1]:
-        service.tile("test", t.z, t.x, t.y)
-    for t in block:
-        r, c = t.y - y0, t.x - x0
-        mosaic[r * 256:(r + 1) * 256, c * 256:(c + 1) * 256] = stored_pixels(service, t)
-    canvas = service.painter.paint_regions(3, z, [(256 * x0, 256 * y0)], 512, 512,
-                                           lambda t: service.world_pixels("test", t))[0]
-    diff = np.abs(canvas.astype(int) - mosaic.astype(int))
-    assert (diff <= 1).mean() >= 0.999, f"max diff {diff.max()}"
+    _assert_block_is_one_canvas(services[0.5], z, x0, y0)
     for s in services.values():
         s.store.close()
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail
-from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter
+from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, recommended_sampling
 from cascade.training import metrics
 from cascade.training.data import SERVED_M_PER_PX, area_downsample_image, load_image, load_index
 from cascade.training.evaluate import Evaluator, machine_info, quantize, run_chain, run_stage, stage_canvas
@@ -329,8 +329,7 @@ def run(data_dir: Path, weights: Path, out: Path, stages: int = 6, sampler: str 
     sampler, steps, strength = painter.sampler, painter.steps, painter.strength
     scheduler_config = json.loads((Path(weights) / "scheduler_config.json").read_text())
     if colour_drift is None:
-        recommended = Path(weights) / "sampler.json"
-        colour_drift = json.loads(recommended.read_text()).get("colour_drift", 0.0) if recommended.is_file() else 0.0
+        colour_drift = recommended_sampling(weights).get("colour_drift", 0.0)
     atlas = ExemplarAtlas(atlas_dir or DEFAULT_ATLAS)
     painters = {
         "root: model": painter,
