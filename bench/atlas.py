@@ -3,6 +3,7 @@ and z18 (the tile under the place), painted by the server's own `TileService`.
 
     python bench/atlas.py                                  # writes docs/atlas.jpg
     python bench/atlas.py --device cuda --weights DIR --out build/atlas.jpg
+    python bench/atlas.py --places iowa,alps --out build/atlas-some.jpg   # some places only
 
 Tiles land in --cache-dir, keyed by the model revision: a rerun with the same weights is instant and
 new weights repaint. A cold z18 tile also paints its ancestors from the z4 root (minutes on a CPU).
@@ -87,13 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--colour-drift", type=float,
                         help="colour drift of the photographed band (default: shipped with the weights)")
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality")
+    parser.add_argument("--places", help="only the places whose names contain one of these comma-separated words")
     args = parser.parse_args(argv)
+    places = PLACES
+    if args.places:
+        words = [w.strip().lower() for w in args.places.split(",") if w.strip()]
+        places = tuple(p for p in PLACES if any(w in p[0].lower() for w in words))
+        if not places:
+            parser.error(f"--places {args.places!r} names none of: {', '.join(p[0] for p in PLACES)}")
     service = build_service(Settings(worlds=WORLDS, cache_dir=args.cache_dir, device=args.device,
                                      weights=args.weights, threads=args.threads, maxzoom=max(ZOOMS),
                                      colour_drift=args.colour_drift))
     start = time.perf_counter()
     rows = []
-    with tqdm(PLACES, unit="place") as bar:
+    with tqdm(places, unit="place") as bar:
         for name, world, lon, lat in bar:
             bar.set_description(name)
             rows.append((name, _where(lon, lat), paint_row(service, world, lon, lat, bar)))

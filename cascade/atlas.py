@@ -327,6 +327,7 @@ class Exemplar:
     mean: tuple[float, float, float]  # colour at the band's anchor scale, sRGB in [0, 1]
     use: int  # the ground it shows, an index into USES
     origin: tuple[float, float] | None = None  # (lat, lon) where it was photographed, where known
+    parcelled: bool = False  # farmland: laid field by field on the world's parcels (`parcel_xy`)
 
     @property
     def width(self) -> int:
@@ -454,6 +455,7 @@ class Assignment:
     offset: tuple[float, float]  # where the feature point lies in the exemplar, octave-0 pixels
     cos_lat: float  # ground scale of the cell's region
     feature: tuple[float, float]  # the cell's feature point, cell units
+    seed: int = 0  # the world's: a parcelled exemplar is laid on its parcels (`parcel_xy`)
 
     def footprint(self, world: int) -> float:
         """Octave-0 exemplar pixels per canvas pixel on a zoom `world` pixels wide."""
@@ -473,7 +475,79 @@ def _exemplar_xy(assigned: list[Assignment], cells: int, u: np.ndarray, v: np.nd
     metres = each([EARTH_CIRCUMFERENCE_M * a.cos_lat for a in assigned])  # per world width at the cell's latitude
     m_px = each([a.exemplar.m_per_px for a in assigned])
     x, y = _turned(du * metres / m_px, dv * metres / m_px, each([a.turn for a in assigned]))
-    return x + each([a.offset[0] for a in assigned]), y + each([a.offset[1] for a in assigned])
+    x, y = x + each([a.offset[0] for a in assigned]), y + each([a.offset[1] for a in assigned])
+    groups: dict[tuple[int, int], list[int]] = {}  # farmland follows the world's parcels, not the cell
+    for k, a in enumerate(assigned):
+        if a.exemplar.parcelled:
+            groups.setdefault((a.seed, a.exemplar.index), []).append(k)
+    if groups:
+        x, y = np.array(x, np.float64), np.array(y, np.float64)
+        u, v = np.broadcast_to(u, x.shape), np.broadcast_to(v, x.shape)
+        for members in groups.values():  # all of a sheet's cells at once: a canvas has thousands at z13
+            a = assigned[members[0]]
+            x[members], y[members] = parcel_xy(a.seed, a.exemplar, u[members], v[members])
+    return x, y
+
+
+PARCELS_LOG2 = 16  # the world's farmland grid: 611 m squares at the equator, each cut into 1-4 fields
+PARCEL_CUT = (0.3, 0.7)  # where a square or half is cut, as a share of its side
+PARCEL_SALT = 300
+
+
+def parcel_xy(seed: int, exemplar: Exemplar, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where world positions (u, v) lie in a farmland sheet, octave-0 pixels, laid field by field.
+
+    Cells would cut fields along their noise-warped borders (a camouflage of 300 m pieces at
+    z13-z15); fields have straight edges. So the world is cut into squares of 2**-PARCELS_LOG2,
+    each square once (70%) across one axis and each half again (50%) across the other, and every
+    field shows the sheet in its own orientation from its own place, where the field fits inside
+    the sheet. A pure function of the seed and the position, like the cells: every cell that
+    draws the sheet shows the same field at a point, so cell borders within farmland vanish."""
+    grid = 1 << PARCELS_LOG2
+    gu, gv = np.asarray(u, np.float64) * grid, np.asarray(v, np.float64) * grid
+    i, j = np.floor(gu).astype(np.int64), np.floor(gv).astype(np.int64)
+    fu, fv = gu - i, gv - j
+    i %= grid
+    lo, span = PARCEL_CUT[0], PARCEL_CUT[1] - PARCEL_CUT[0]
+    def hashed(salt, *codes):
+        """The hash of each pixel's square and, with `codes` (0/1 per pixel), of its side of the cuts."""
+        key = i * 4 + sum(c << n for n, c in enumerate(codes)) if codes else i
+        return cell_hash(seed, PARCEL_SALT, key, j, salt)
+
+    # First cut: across u (axis 0) or v (axis 1), or none.
+    cut1 = _unit(hashed(1)) < 0.7
+    axis1 = (hashed(2) & 1).astype(bool)
+    t1 = lo + span * _unit(hashed(3))
+    along1 = np.where(axis1, fv, fu)
+    side1 = (cut1 & (along1 >= t1)).astype(np.int64)
+    # The part of the square on this side of the first cut: [a0, a1) along u and [b0, b1) along v.
+    start1 = np.where(side1 > 0, t1, 0.0)
+    end1 = np.where(cut1 & (side1 == 0), t1, 1.0)
+    a0, a1 = np.where(axis1, 0.0, start1), np.where(axis1, 1.0, end1)
+    b0, b1 = np.where(axis1, start1, 0.0), np.where(axis1, end1, 1.0)
+    # Second cut of that part, across the other axis.
+    cut2 = cut1 & (_unit(hashed(4, side1)) < 0.5)
+    t2 = lo + span * _unit(hashed(5, side1))
+    across_u = axis1  # the first cut ran across v, so the second runs across u
+    pos2 = np.where(across_u, (fu - a0) / (a1 - a0), (fv - b0) / (b1 - b0))
+    side2 = (cut2 & (pos2 >= t2)).astype(np.int64)
+    start2, end2 = np.where(side2 > 0, t2, 0.0), np.where(cut2 & (side2 == 0), t2, 1.0)
+    a0, a1 = (np.where(across_u, a0 + (a1 - a0) * start2, a0), np.where(across_u, a0 + (a1 - a0) * end2, a1))
+    b0, b1 = (np.where(across_u, b0, b0 + (b1 - b0) * start2), np.where(across_u, b1, b0 + (b1 - b0) * end2))
+    # The field's ground scale (its square's middle row) and its size in sheet pixels.
+    v_mid = np.clip((j + 0.5) / grid, 1e-6, 1 - 1e-6)
+    px = EARTH_CIRCUMFERENCE_M * np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v_mid)))) / grid / exemplar.m_per_px
+    width, height = (a1 - a0) * px, (b1 - b0) * px
+    lx, ly = (fu - a0) * px, (fv - b0) * px
+    # Its orientation, turned about the field so it stays within (0, 0)-(tw, th).
+    turn = hashed(6, side1, side2) % 8
+    swap = (turn & 4) > 0
+    lx, ly = np.where(swap, ly, lx), np.where(swap, lx, ly)
+    tw, th = np.where(swap, height, width), np.where(swap, width, height)
+    lx, ly = np.where(turn & 1, tw - lx, lx), np.where(turn & 2, th - ly, ly)
+    ox = _unit(hashed(7, side1, side2)) * np.maximum(exemplar.width - tw, 0.0)
+    oy = _unit(hashed(8, side1, side2)) * np.maximum(exemplar.height - th, 0.0)
+    return ox + lx, oy + ly
 
 
 class ExemplarAtlas:
@@ -493,7 +567,8 @@ class ExemplarAtlas:
             self.exemplars = [
                 Exemplar(i, e["band"], e["name"], e["place"], e["m_per_px"], tuple(map(tuple, e["levels"])),
                          tuple(e["mean"]), USES.index(e["use"]),
-                         None if e.get("lat") is None or e.get("lon") is None else (e["lat"], e["lon"]))
+                         None if e.get("lat") is None or e.get("lon") is None else (e["lat"], e["lon"]),
+                         bool(e.get("parcelled", False)))
                 for i, e in enumerate(meta["exemplars"])
             ]
             size = blob_path.stat().st_size
@@ -583,7 +658,7 @@ class ExemplarAtlas:
                 out.append(Assignment(None, 0, (0.0, 0.0), float(cos_lat[k]), feature))
             else:
                 out.append(Assignment(members[int(chosen[k])], int(turns[k]), (float(offset_x[k]), float(offset_y[k])),
-                                      float(cos_lat[k]), feature))
+                                      float(cos_lat[k]), feature, seed))
         return out
 
     def _settle(self, seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray, covers: np.ndarray,
@@ -681,11 +756,12 @@ class ExemplarAtlas:
     def image(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
               read: WindowReader, places=None) -> tuple[np.ndarray, np.ndarray]:
         """What the exemplars themselves show in a window of `zoom` (as `detail`, but the whole
-        image, not one octave; for pictures and tests)."""
-        return self.detail(seed, zoom, x0, y0, width, height, read, whole=True, places=places)
+        image, not one octave: the photographs a colour drift moves toward, pictures and tests)."""
+        layers, cover = self.render(seed, zoom, x0, y0, width, height, read, ("image",), places)
+        return layers["image"], cover
 
     def detail(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int,
-               read: WindowReader, whole: bool = False, places=None) -> tuple[np.ndarray, np.ndarray]:
+               read: WindowReader, places=None) -> tuple[np.ndarray, np.ndarray]:
         """The exemplars' detail for a window of `zoom` at global pixel (x0, y0).
 
         Detail is the octave a stage adds, as a difference of tones, tone E - tone
@@ -697,6 +773,13 @@ class ExemplarAtlas:
         pixel that exemplars supplied (0 where no cell matched: no detail there). `places`: the
         world's settlements for a `settled` band (`assign`).
         """
+        layers, cover = self.render(seed, zoom, x0, y0, width, height, read, ("detail",), places)
+        return layers["detail"], cover
+
+    def render(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int, read: WindowReader,
+               layers: tuple[str, ...] = ("detail",), places=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`detail` and/or `image` ({layer: float32 (3, height, width)}) and their shared coverage,
+        from one assignment of the window's cells (assigning them is a good part of either)."""
         band = band_of_zoom(zoom, self.bands)
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
@@ -710,7 +793,6 @@ class ExemplarAtlas:
         w1 = (w1 - 0.5) * 2
         w1 = 0.5 + 0.5 * (w1 * w1 * (3 - 2 * w1))  # smoothstep from 0.5 at the border to 1 inside
 
-        out = np.zeros((height * width, 3), np.float32)
         cover = np.zeros(height * width, np.float32)
         keys = np.concatenate([c1.reshape(-1, 2), c2.reshape(-1, 2)])
         weights = np.concatenate([w1.reshape(-1), 1 - w1.reshape(-1)]).astype(np.float32)
@@ -730,18 +812,25 @@ class ExemplarAtlas:
             if a.exemplar is not None:
                 sel = order[bounds[q]:bounds[q + 1]]
                 jobs.append((a, pixel[sel], weights[sel]))
-        if whole:
-            colours = [self._sample(a, cells, world, u[px % width], v[px // width]) for a, px, _ in jobs]
-        else:
-            colours = self._octave_details([(a, px // width, px % width) for a, px, _ in jobs],
-                                           band, cells, world, x0, y0)
+        rendered = {}
+        for layer in layers:
+            if layer == "image":
+                colours = self._samples([(a, u[px % width], v[px // width]) for a, px, _ in jobs], cells, world)
+            elif layer == "detail":
+                colours = self._octave_details([(a, px // width, px % width) for a, px, _ in jobs],
+                                               band, cells, world, x0, y0)
+            else:
+                raise ValueError(f"unknown atlas layer {layer!r}")
+            out = np.zeros((height * width, 3), np.float32)
+            if jobs:
+                # Cell by cell, in order: a pixel takes its first and second cell's shares.
+                px = np.concatenate([p for _, p, _ in jobs])
+                w = np.concatenate([w for _, _, w in jobs])
+                np.add.at(out, px, w[:, None] * np.concatenate(colours))
+            rendered[layer] = out.reshape(height, width, 3).transpose(2, 0, 1).copy()
         if jobs:
-            # Cell by cell, in order: a pixel takes its first and second cell's shares.
-            px = np.concatenate([p for _, p, _ in jobs])
-            w = np.concatenate([w for _, _, w in jobs])
-            np.add.at(out, px, w[:, None] * np.concatenate(colours))
-            np.add.at(cover, px, w)
-        return out.reshape(height, width, 3).transpose(2, 0, 1).copy(), cover.reshape(height, width)
+            np.add.at(cover, np.concatenate([p for _, p, _ in jobs]), np.concatenate([w for _, _, w in jobs]))
+        return rendered, cover.reshape(height, width)
 
     def _octave_details(self, jobs: list[tuple[Assignment, np.ndarray, np.ndarray]], band: int, cells: int,
                         world: int, x0: int, y0: int) -> list[np.ndarray]:
@@ -820,16 +909,39 @@ class ExemplarAtlas:
         for i, part in zip(q, np.split(detail, np.cumsum(lengths)[:-1])):
             out[i] = part
 
-    def _sample(self, a: Assignment, cells: int, world: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """The cell's exemplar at this zoom's pixel size at world positions (u, v): float32 (N, 3)."""
-        ex_x, ex_y = _exemplar_xy([a], cells, u[None], v[None])
-        return self._at_scale(a.exemplar, ex_x[0], ex_y[0], a.footprint(world))
-
-    def _at_scale(self, ex: Exemplar, x: np.ndarray, y: np.ndarray, footprint: float) -> np.ndarray:
-        """The exemplar seen with pixels of `footprint` octave-0 pixels: read from the finest octave
-        whose pixels are no larger than that (never finer than octave 0). Blending two octaves
-        (trilinear) would halve the contrast of the finest detail, which is all a stage adds."""
-        return self._at_octave(ex, self._octave_of(ex, footprint), x, y)
+    def _samples(self, jobs: list[tuple[Assignment, np.ndarray, np.ndarray]], cells: int,
+                 world: int) -> list[np.ndarray]:
+        """For each (assignment, u, v): the cell's exemplar at this zoom's pixel size at world
+        positions (u, v), float32 (N, 3), read from one octave (`_octave_of`; blending two,
+        trilinear, would halve the contrast of the finest detail, which is all a stage adds).
+        Farmland's parcels and the reads go sheet by sheet and octave by octave over all the
+        cells at once: a canvas at the band's top has thousands."""
+        xy: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(jobs)
+        parcelled: dict[tuple[int, int], list[int]] = {}
+        for q, (a, u, v) in enumerate(jobs):
+            if a.exemplar.parcelled:
+                parcelled.setdefault((a.seed, a.exemplar.index), []).append(q)
+            else:
+                ex_x, ex_y = _exemplar_xy([a], cells, u[None], v[None])
+                xy[q] = ex_x[0], ex_y[0]
+        for members in parcelled.values():
+            a = jobs[members[0]][0]
+            x, y = parcel_xy(a.seed, a.exemplar, np.concatenate([jobs[q][1] for q in members]),
+                             np.concatenate([jobs[q][2] for q in members]))
+            bounds = np.cumsum([len(jobs[q][1]) for q in members])[:-1]
+            for q, xq, yq in zip(members, np.split(x, bounds), np.split(y, bounds)):
+                xy[q] = xq, yq
+        out: list[np.ndarray | None] = [None] * len(jobs)
+        reads: dict[tuple[int, int], list[int]] = {}
+        for q, (a, _, _) in enumerate(jobs):
+            reads.setdefault((a.exemplar.index, self._octave_of(a.exemplar, a.footprint(world))), []).append(q)
+        for (e, octave), members in reads.items():
+            colours = self._at_octave(self.exemplars[e], octave, np.concatenate([xy[q][0] for q in members]),
+                                      np.concatenate([xy[q][1] for q in members]))
+            bounds = np.cumsum([len(jobs[q][1]) for q in members])[:-1]
+            for q, part in zip(members, np.split(colours, bounds)):
+                out[q] = part
+        return out
 
     def _at_octave(self, ex: Exemplar, k: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Octave k of `ex` at octave-0 pixel positions (x, y), bilinear: float32 (N, 3)."""

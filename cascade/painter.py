@@ -25,7 +25,7 @@ from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_c
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "11"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "12"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 
@@ -204,57 +204,75 @@ class MetatilePainter:
         parent_log2_mpp = np.stack([row_log2_mpp(zoom - 1, y, ph) for y in py0])
 
         halo_origins = [(x0 - h, y0 - h) for x0, y0 in origins]
-        guide = None
+        canvas_w, canvas_h = width + 2 * h, height + 2 * h
+        guide, exemplars = None, {}
         if self.atlas is not None:
-            guide = self.reference(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, parent_window,
-                                   earth)
+            # The detail guides the stage; where the colour drifts, the photos themselves are its goal.
+            drifts = self.colour_drift and self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].quilted
+            exemplars = self.render_atlas(seed, zoom, halo_origins, canvas_w, canvas_h, parent_pixels,
+                                          ("detail", "image") if drifts else ("detail",), earth)
+            guide = self.reference(exemplars["detail"], parent_window)
         if self.steps == 0:
             canvas = guide
         else:
-            noise = batch_noise(seed, zoom, halo_origins, height + 2 * h, width + 2 * h, device=self.device)
-            log2_mpp = np.stack([row_log2_mpp(zoom, y0, height + 2 * h) for _, y0 in halo_origins])
+            noise = batch_noise(seed, zoom, halo_origins, canvas_h, canvas_w, device=self.device)
+            log2_mpp = np.stack([row_log2_mpp(zoom, y0, canvas_h) for _, y0 in halo_origins])
             canvas = sample_stage(self.model, self.scheduler, parent_window,
                                   torch.from_numpy(parent_log2_mpp).to(self.device),
                                   torch.from_numpy(log2_mpp).to(self.device), noise, self.steps,
                                   guide=guide, strength=self.strength)
 
         target = parent_window[..., m:-m, m:-m]
-        if self.colour_drift and self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].quilted:
-            target = self.drifted(seed, zoom, halo_origins, width + 2 * h, height + 2 * h, parent_pixels, target, earth)
+        if "image" in exemplars:
+            target = self.drifted(zoom, halo_origins, canvas_w, canvas_h, parent_pixels, target, exemplars)
         children = finish_stage(canvas, target, h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
-    def reference(
-        self,
-        seed: int,
-        zoom: int,
-        origins: Sequence[tuple[int, int]],
-        width: int,
-        height: int,
-        tile_pixels: Callable[[mercantile.Tile], np.ndarray],
-        parent_window: torch.Tensor,
-        earth: bool = False,
-    ) -> torch.Tensor:
-        """The atlas reference of each canvas (global origins, canvas size), (B, 3, H, W) in [0, 1]:
-        the upsampled parent with the exemplars' octave of detail (`apply_detail`)."""
+    def render_atlas(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+                     tile_pixels: Callable[[mercantile.Tile], np.ndarray], layers: tuple[str, ...],
+                     earth: bool = False) -> dict[str, torch.Tensor]:
+        """The atlas's `layers` of each canvas (global origins, canvas size) and their "cover",
+        batched: {layer: (B, 3, H, W), "cover": (B, H, W)} (`ExemplarAtlas.render`)."""
         read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
-        detail = np.stack([self.atlas.detail(seed, zoom, x0, y0, width, height, read, places=places)[0]
-                           for x0, y0 in origins])
-        parent_up = parent_context(self.model, parent_window)
-        return apply_detail(parent_up, torch.from_numpy(detail).to(parent_up))
+        each = [self.atlas.render(seed, zoom, x0, y0, width, height, read, layers, places) for x0, y0 in origins]
+        out = {layer: torch.from_numpy(np.stack([r[layer] for r, _ in each])).to(self.device) for layer in layers}
+        out["cover"] = torch.from_numpy(np.stack([c for _, c in each])).to(self.device)
+        return out
 
-    def drifted(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+    def reference(self, detail: torch.Tensor, parent_window: torch.Tensor) -> torch.Tensor:
+        """The atlas reference of each canvas, (B, 3, H, W) in [0, 1]: the upsampled parent with the
+        exemplars' octave of detail (`apply_detail`)."""
+        parent_up = parent_context(self.model, parent_window)
+        return apply_detail(parent_up, detail.to(parent_up))
+
+    def drifted(self, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
                 tile_pixels: Callable[[mercantile.Tile], np.ndarray], parent: torch.Tensor,
-                earth: bool = False) -> torch.Tensor:
+                exemplars: dict[str, torch.Tensor]) -> torch.Tensor:
         """The parent under each canvas moved `colour_drift` of the way toward the photographs the
-        atlas lays there (area-averaged to the parent grid), where they cover it and the parent
-        is land: rivers, lakes and snow keep their colour."""
-        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
-        images = [self.atlas.image(seed, zoom, x0, y0, width, height, read, places=places) for x0, y0 in origins]
-        own = F.avg_pool2d(torch.from_numpy(np.stack([i for i, _ in images])), 2).to(parent)
-        cover = F.avg_pool2d(torch.from_numpy(np.stack([c for _, c in images]))[:, None], 2).to(parent)
-        weight = self.colour_drift * cover * photographed_land(parent)[:, None]
+        atlas lays there (`exemplars` from `render_atlas`, area-averaged to the parent grid), where
+        they cover it and the band's anchor zoom shows land: rivers, lakes and snow keep their colour."""
+        own = F.avg_pool2d(exemplars["image"], 2).to(parent)
+        cover = F.avg_pool2d(exemplars["cover"][:, None], 2).to(parent)
+        read = window_reader(tile_pixels)
+        anchor = self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].anchor_zoom
+        land = torch.stack([anchor_land(read, anchor, zoom - 1, x0 // 2, y0 // 2, width // 2, height // 2)
+                            for x0, y0 in origins]).to(parent)
+        weight = self.colour_drift * cover * land[:, None]
         return parent + weight * (own.clamp(0, 1) - parent)
+
+
+def anchor_land(read, anchor: int, zoom: int, x0: int, y0: int, width: int, height: int) -> torch.Tensor:
+    """`photographed_land` of the band's anchor zoom (above the drift, so it never drifts itself),
+    bilinearly magnified onto a window of `zoom` at global pixel (x0, y0): (height, width).
+    Read from the drifting parent instead, pale grey ground taken for part land drifted a little
+    further toward the photographs at every zoom, and the Alps' rock ended as crop rows by z18."""
+    s = 1 << (zoom - anchor)  # zoom pixels per anchor pixel
+    ax, ay = x0 // s - 1, y0 // s - 1  # one anchor pixel of margin: the magnification never clamps
+    aw, ah = -(-(x0 + width) // s) + 1 - ax, -(-(y0 + height) // s) + 1 - ay
+    land = photographed_land(torch.from_numpy(read(anchor, ax, ay, aw, ah)))[None, None]
+    # The window starts on a whole anchor pixel, so each pixel's weights are those of its global place.
+    magnified = F.interpolate(land, size=(ah * s, aw * s), mode="bilinear", align_corners=False)[0, 0]
+    return magnified[y0 - ay * s : y0 - ay * s + height, x0 - ax * s : x0 - ax * s + width]
 
 
 def recommended_sampling(path: str | Path) -> dict:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, Band, band_of_zoom
-from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, window_reader
+from cascade.atlas import DEFAULT_ATLAS, Band, ExemplarAtlas, band_of_zoom, photographed_land
+from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, anchor_land, window_reader
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
 from cascade.training.build_atlas import build
@@ -121,6 +121,22 @@ def test_reference_is_a_pure_function_of_global_coordinates(tiny_atlas, zoom):
     assert np.abs(big.mean(axis=(1, 2))).max() < 0.01
     other, _ = tiny_atlas.detail(4, zoom, -64, y0, 384, 256, read)
     assert np.abs(other - big).mean() > 0.02, "another seed is another world"
+
+
+def test_one_rendering_gives_the_detail_and_the_photos_of_one_assignment(tiny_atlas):
+    """The painter takes a canvas's detail and photos (for a colour drift) from one pass over its
+    cells: the same values as asking for each alone."""
+    y0 = (256 << 5) // 2 - 128
+    both, cover = tiny_atlas.render(3, 5, -64, y0, 256, 192, land_reader, ("detail", "image"))
+    detail, detail_cover = tiny_atlas.detail(3, 5, -64, y0, 256, 192, land_reader)
+    image, image_cover = tiny_atlas.image(3, 5, -64, y0, 256, 192, land_reader)
+    assert cover.mean() > 0.5
+    np.testing.assert_array_equal(both["detail"], detail)
+    np.testing.assert_array_equal(both["image"], image)
+    np.testing.assert_array_equal(cover, detail_cover)
+    np.testing.assert_array_equal(cover, image_cover)
+    with pytest.raises(ValueError, match="unknown atlas layer"):
+        tiny_atlas.render(3, 5, -64, y0, 256, 192, land_reader, ("colour",))
 
 
 @pytest.mark.parametrize("zoom", [3, 5])
@@ -615,3 +631,60 @@ def test_colour_drift_leaves_snow_and_water_alone(photographed_atlas, ground, dr
 def test_colour_drift_is_checked():
     with pytest.raises(ValueError, match="colour_drift"):
         MetatilePainter(make_tiny_model(), dict(training_scheduler().config), steps=2, colour_drift=1.5)
+
+
+def test_colour_drift_reads_its_land_weight_from_the_band_anchor(photographed_atlas):
+    """The drift's weight comes from the zoom above the band, which never drifts: ground that the
+    anchor shows as snow keeps its colour even where the drifting parent has turned green."""
+    snow, green = (np.broadcast_to(np.array(c, np.uint8), (256, 256, 3)) for c in ((235, 235, 240), COLOURS["green"]))
+    anchor = photographed_atlas.bands[1].anchor_zoom
+    worlds = {"green throughout": lambda t: green, "snow at the anchor": lambda t: snow if t.z == anchor else green}
+    read = window_reader(worlds["snow at the anchor"])
+    assert photographed_atlas.image(3, 5, 256 * 15, 256 * 9, 256, 256, read)[1].mean() > 0.5  # photos are laid
+    moved = {}
+    for name, world in worlds.items():
+        painted = [_drift_painter(photographed_atlas, d).paint_regions(3, 5, [(256 * 15, 256 * 9)], 256, 256, world)[0]
+                   for d in (0.0, 0.5)]
+        moved[name] = np.abs(painted[0].astype(float).mean((0, 1)) - painted[1].astype(float).mean((0, 1))).max()
+    assert moved["green throughout"] > 2 and moved["snow at the anchor"] < 0.5, moved
+
+
+def test_anchor_land_is_the_anchor_weight_magnified_in_global_coordinates():
+    """At the anchor zoom it is `photographed_land` itself; below it, overlapping windows agree."""
+    read = window_reader(lambda t: np.random.default_rng([t.z, t.x, t.y]).integers(0, 256, (256, 256, 3), np.uint8))
+    own = anchor_land(read, 4, 4, 4000, 2300, 96, 64)
+    assert torch.allclose(own, photographed_land(torch.from_numpy(read(4, 4000, 2300, 96, 64))))
+    a = anchor_land(read, 4, 7, 8 * 4000 + 4, 8 * 2300 + 12, 128, 96)
+    b = anchor_land(read, 4, 7, 8 * 4000 + 36, 8 * 2300 + 44, 128, 96)
+    assert torch.equal(a[32:, 32:], b[:-32, :-32])
+    assert 0 <= a.min() and a.max() <= 1 and a.std() > 0.01
+
+
+def test_farmland_is_laid_field_by_field_on_the_worlds_parcels():
+    """A parcelled sheet (farmland) maps the world rigidly into the sheet within each field, keeps
+    every field inside the sheet, and cuts the world into fields of straight, shared edges."""
+    from cascade.atlas import PARCELS_LOG2, Exemplar, parcel_xy
+
+    sheet = Exemplar(0, 2, "sheet:fields", "fields", 0.3, ((0, 0, 2048, 2048),), (0.5, 0.5, 0.5), 4, None, True)
+    world = 1 << (PARCELS_LOG2 + 3)  # 8 samples per parcel square
+    u0, v0 = 0.3, 0.4  # mid-latitudes
+    side = 64
+    uu, vv = np.meshgrid(u0 + np.arange(side) / world, v0 + np.arange(side) / world)
+    x, y = parcel_xy(7, sheet, uu, vv)
+    again = parcel_xy(7, sheet, uu, vv)
+    assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])
+    assert x.min() >= 0 and y.min() >= 0 and x.max() <= 2048 and y.max() <= 2048
+    # One step across the world is one step of the same length in the sheet, except across a field edge.
+    step = np.hypot(np.diff(x, axis=1), np.diff(y, axis=1))
+    scale = np.median(step, axis=1, keepdims=True)  # the ground scale of each row's squares
+    rigid = np.abs(step - scale) < 1e-6 * scale
+    assert rigid.mean() > 0.8
+    # Field edges are straight lines along the grid: where a row steps into another field, the
+    # column is the same in every row of that square's part (a cut spans its part), so the
+    # edges across columns come in runs down the rows.
+    edges = ~rigid
+    assert edges.any()
+    runs = (edges[1:] & edges[:-1]).sum() / max(edges[1:].sum(), 1)
+    assert runs > 0.7
+    other = parcel_xy(8, sheet, uu, vv)
+    assert np.abs(other[0] - x).mean() > 10, "another seed lays other fields"

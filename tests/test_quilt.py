@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cascade.training.quilt import quilt, seam_mask
+from cascade.training.quilt import fields, parcels, quilt, seam_mask
 
 
 def test_seam_follows_the_cheapest_path():
@@ -57,3 +57,31 @@ def test_a_smooth_photo_does_not_win_against_textured_ground():
 def test_photos_too_small_for_a_piece_are_refused():
     with pytest.raises(ValueError, match="at least 64 px"):
         quilt([np.zeros((32, 32, 3), np.uint8)], 100, 64, 16, np.random.default_rng(0))
+
+
+def test_parcels_cover_the_square_once_within_their_sizes():
+    for seed in range(5):
+        cut = parcels(1000, (150, 400), np.random.default_rng(seed))
+        count = np.zeros((1000, 1000), int)
+        for y0, x0, h, w in cut:
+            count[y0:y0 + h, x0:x0 + w] += 1
+            assert 150 <= min(h, w) and max(h, w) <= 400
+        assert (count == 1).all()
+        assert len(cut) >= 9
+
+
+def test_each_field_is_one_photo_grown_in_its_own_colour():
+    rng = np.random.default_rng(3)
+    photos = [_textured(rng, c) for c in (70, 120, 170, 220)]
+    sheet = fields(photos, 300, 32, 8, np.random.default_rng(5), (80, 150))
+    assert sheet.shape == (300, 300, 3) and np.array_equal(sheet, fields(photos, 300, 32, 8,
+                                                                          np.random.default_rng(5), (80, 150)))
+    owners = [{tuple(p) for p in img.reshape(-1, 3)} for img in photos]
+    used = set()
+    for y0, x0, h, w in parcels(300, (80, 150), np.random.default_rng(5)):
+        pixels = {tuple(p) for p in sheet[y0:y0 + h, x0:x0 + w].reshape(-1, 3)}
+        # Every pixel of the field is a pixel of one photo (no colour balancing, no second photo).
+        mine = [k for k, own in enumerate(owners) if pixels <= own]
+        assert len(mine) == 1, (y0, x0)
+        used.add(mine[0])
+    assert len(used) > 1  # fields differ

@@ -50,7 +50,7 @@ from cascade.training.data import (
     EQUATOR_M_PER_PX_Z0, ImageRecord, area_downsample_image, dilate_mask, erode_mask, integral_image, load_image,
     load_index, nodata_mask,
 )
-from cascade.training.quilt import quilt
+from cascade.training.quilt import fields, quilt
 
 log = logging.getLogger("cascade.training.build_atlas")
 
@@ -99,6 +99,9 @@ class Sheet:
     piece_px: int
     overlap_px: int
     origin: tuple[float, float] | None = None  # (lat, lon) of photos without coordinates of their own
+    # Farmland: sewn as rectangular parcels of (smallest, largest) px, each one photo's crop grown
+    # to the parcel (`cascade.training.quilt.fields`), instead of pieces of every photo.
+    parcel_px: tuple[int, int] | None = None
 
 
 US = (39.8, -98.6)  # UC Merced's photos are of towns across the United States
@@ -111,12 +114,14 @@ CREDITS = {
 
 SHEET_CELLS = 2.03  # a sheet's side in cells of its band: a cell's place in it seldom runs off the edge
 # The fine band's sheets, by kind of ground. UC Merced's land-use classes are 78 m photos of US
-# farmland, scrub, forest, suburbs and towns, sewn whole; the OpenAerialMap mosaics (0.3 m, East
-# African and Nepali towns and their outskirts) in pieces of 150 m. Satellogic's two 1 m desert
-# scenes are left out: sewn into a sheet, their walled compounds printed over every desert and
-# pale plain (the Sahara, the Ganges plain).
+# farmland, scrub, forest, suburbs and towns, sewn whole, but for farmland, where each photo grows
+# into a field of 180-430 m (a crop's rows run across a field, not across a 78 m square; the
+# atlas lays the fields on the world's parcels, `cascade.atlas.parcel_xy`); the OpenAerialMap
+# mosaics (0.3 m, East African and Nepali towns and their outskirts) in pieces of 150 m.
+# Satellogic's two 1 m desert scenes are left out: sewn into a sheet, their walled compounds
+# printed over every desert and pale plain (the Sahara, the Ganges plain).
 SHEETS = (
-    Sheet("fields", "open", "ucmerced", ("agricultural",), 256, 48, US),
+    Sheet("fields", "open", "ucmerced", ("agricultural",), 96, 24, US, parcel_px=(600, 1400)),
     Sheet("forest", "forest", "ucmerced", ("forest",), 256, 48, US),
     Sheet("scrub", "bare", "ucmerced", ("chaparral",), 256, 48, US),
     Sheet("houses", "suburb", "ucmerced", ("sparseresidential",), 256, 48, US),
@@ -429,6 +434,8 @@ def sew_sheet(photos: list[ImageRecord], sheet: Sheet, side_m: float,
     images, names = [i for i, k in zip(images, sharp) if k], [n for n, k in zip(names, sharp) if k]
     native = float(np.mean([r.m_per_px for r in photos]))
     side = int(round(side_m / native))
+    if sheet.parcel_px:
+        return fields(images, side, sheet.piece_px, sheet.overlap_px, rng, sheet.parcel_px), native, names
     return quilt(images, side, sheet.piece_px, sheet.overlap_px, rng), native, names
 
 
@@ -559,7 +566,8 @@ def _sheet_exemplars(records: list[ImageRecord], band: Band, index: int, sheets:
         yield dict(band=index, name=f"sheet:{sheet.name}", place=sheet.name, region=sheet.name,
                    lat=None if lat is None else round(lat, 4), lon=None if lon is None else round(lon, 4),
                    source=CREDITS.get(sheet.group, photos[0].source), native_m_per_px=native, m_per_px=g0,
-                   mean=mean, std=std, use=sheet.use, photos=names), levels
+                   mean=mean, std=std, use=sheet.use, photos=names,
+                   **({"parcelled": True} if sheet.parcel_px else {})), levels
 
 
 def summary(meta: dict, bands: tuple[Band, ...] = BANDS) -> str:

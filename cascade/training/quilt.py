@@ -48,8 +48,10 @@ def seam_mask(error: np.ndarray) -> np.ndarray:
     return np.arange(w)[None, :] < path[:, None]
 
 
-def _pieces(images: list[np.ndarray], block: int, count: int, rng: np.random.Generator, banned: set[int]):
-    """`count` random candidate pieces: (image index, block x block piece in one of 8 orientations)."""
+def _pieces(images: list[np.ndarray], block: int, count: int, rng: np.random.Generator, banned: set[int],
+            turns: bool = True):
+    """`count` random candidate pieces: (image index, block x block piece, in one of 8 orientations
+    with `turns`, else as photographed)."""
     allowed = [i for i in range(len(images)) if i not in banned] or list(range(len(images)))
     out = []
     for _ in range(count * 4):
@@ -62,12 +64,14 @@ def _pieces(images: list[np.ndarray], block: int, count: int, rng: np.random.Gen
         piece = img[y:y + block, x:x + block]
         if (piece.max(-1) < NODATA_LEVEL).mean() > MAX_NODATA:
             continue
-        out.append((i, np.ascontiguousarray(dihedral(piece, int(rng.integers(8)))).astype(np.float32)))
+        turn = int(rng.integers(8)) if turns else 0
+        out.append((i, np.ascontiguousarray(dihedral(piece, turn)).astype(np.float32)))
     return out
 
 
 def quilt(images: list[np.ndarray], side: int, block: int, overlap: int, rng: np.random.Generator,
-          candidates: int = 48, tolerance: float = 0.15, harmonise: float = 0.6, contrast: float = 3.0) -> np.ndarray:
+          candidates: int = 48, tolerance: float = 0.15, harmonise: float = 0.6, contrast: float = 3.0,
+          turns: bool = True) -> np.ndarray:
     """A `side` x `side` uint8 sheet sewn from `block` px pieces of `images` (uint8 (H, W, 3), all at
     one ground resolution, each at least `block` px a side).
 
@@ -80,7 +84,8 @@ def quilt(images: list[np.ndarray], side: int, block: int, overlap: int, rng: np
     the overlap (vertical against its left neighbour, horizontal against the row above). The
     difference counts squared pixel differences and `contrast` times the squared difference of
     their spreads, so that a smooth, blurred photo, which differs little from anything, does not
-    win against textured ground."""
+    win against textured ground. Without `turns` pieces keep the photos' orientation: sewn from
+    one photo, that continues its texture (a field's rows) instead of turning it at every piece."""
     if not images or min(min(img.shape[:2]) for img in images) < block or not 0 < overlap < block:
         raise ValueError(f"quilting needs photos of at least {block} px and 0 < overlap {overlap} < block")
     stride = block - overlap
@@ -100,7 +105,7 @@ def quilt(images: list[np.ndarray], side: int, block: int, overlap: int, rng: np
             banned = {p for x, p in laid[row][-1:]}
             if row:
                 banned |= {p for x, p in laid[row - 1] if abs(x - x0) < block}
-            options = _pieces(images, block, candidates if known.any() else 1, rng, banned)
+            options = _pieces(images, block, candidates if known.any() else 1, rng, banned, turns)
             if known.any():
                 scored = [_fitted(here, known, piece, harmonise, contrast) for _, piece in options]
                 errors = np.array([e for e, _ in scored])
@@ -130,3 +135,40 @@ def _fitted(here: np.ndarray, known: np.ndarray, piece: np.ndarray, harmonise: f
     new = piece[known]
     error = float(((laid - new) ** 2).sum(-1).mean()) + contrast * float(((laid.std(0) - new.std(0)) ** 2).sum())
     return error, piece
+
+
+def fields(images: list[np.ndarray], side: int, block: int, overlap: int, rng: np.random.Generator,
+           parcel_px: tuple[int, int]) -> np.ndarray:
+    """A `side` x `side` uint8 sheet of farmland: rectangular parcels `parcel_px` (smallest, largest)
+    a side, each one photo's crop grown to the parcel's size (`quilt` from that photo alone, in one
+    orientation for the parcel, so its rows run on unbroken), in that photo's own colour.
+
+    Quilting a whole sheet from all the photos made a patchwork of 78 m squares whose rows turned
+    at every piece, balanced to one mint green: nothing like farmland, where a field is hundreds of
+    metres of one crop, and the next field another crop in another colour beyond a straight edge."""
+    sheet = np.zeros((side, side, 3), np.uint8)
+    for y0, x0, h, w in parcels(side, parcel_px, rng):
+        photo = dihedral(images[int(rng.integers(len(images)))], int(rng.integers(8)))
+        grown = quilt([photo], max(h, w), block, overlap, rng, harmonise=0.0, turns=False)
+        sheet[y0:y0 + h, x0:x0 + w] = grown[:h, :w]
+    return sheet
+
+
+def parcels(side: int, parcel_px: tuple[int, int], rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """A square of `side` px cut into rectangles (y0, x0, height, width), every side between
+    `parcel_px` (smallest, largest) where the square allows: each rectangle wider than the largest is
+    cut across its longer side at a random place leaving both parts at least the smallest."""
+    smallest, largest = parcel_px
+    todo, out = [(0, 0, side, side)], []
+    while todo:
+        y0, x0, h, w = todo.pop()
+        longer = max(h, w)
+        if longer <= largest or longer < 2 * smallest:
+            out.append((y0, x0, h, w))
+            continue
+        cut = int(rng.integers(smallest, longer - smallest + 1))
+        if h >= w:
+            todo += [(y0, x0, cut, w), (y0 + cut, x0, h - cut, w)]
+        else:
+            todo += [(y0, x0, h, cut), (y0, x0 + cut, h, w - cut)]
+    return out
