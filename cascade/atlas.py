@@ -476,10 +476,7 @@ def _exemplar_xy(assigned: list[Assignment], cells: int, u: np.ndarray, v: np.nd
     m_px = each([a.exemplar.m_per_px for a in assigned])
     x, y = _turned(du * metres / m_px, dv * metres / m_px, each([a.turn for a in assigned]))
     x, y = x + each([a.offset[0] for a in assigned]), y + each([a.offset[1] for a in assigned])
-    groups: dict[tuple[int, int], list[int]] = {}  # farmland follows the world's parcels, not the cell
-    for k, a in enumerate(assigned):
-        if a.exemplar.parcelled:
-            groups.setdefault((a.seed, a.exemplar.index), []).append(k)
+    groups = _parcelled(assigned)  # farmland follows the world's parcels, not the cell
     if groups:
         x, y = np.array(x, np.float64), np.array(y, np.float64)
         u, v = np.broadcast_to(u, x.shape), np.broadcast_to(v, x.shape)
@@ -487,6 +484,16 @@ def _exemplar_xy(assigned: list[Assignment], cells: int, u: np.ndarray, v: np.nd
             a = assigned[members[0]]
             x[members], y[members] = parcel_xy(a.seed, a.exemplar, u[members], v[members])
     return x, y
+
+
+def _parcelled(assigned: list[Assignment]) -> dict[tuple[int, int], list[int]]:
+    """The indices of the assignments whose exemplar is laid on the world's parcels, by (seed,
+    exemplar): each group's parcels are worked out at once (`parcel_xy`)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, a in enumerate(assigned):
+        if a.exemplar.parcelled:
+            groups.setdefault((a.seed, a.exemplar.index), []).append(k)
+    return groups
 
 
 PARCELS_LOG2 = 16  # the world's farmland grid: 611 m squares at the equator, each cut into 1-4 fields
@@ -509,6 +516,7 @@ def parcel_xy(seed: int, exemplar: Exemplar, u: np.ndarray, v: np.ndarray) -> tu
     fu, fv = gu - i, gv - j
     i %= grid
     lo, span = PARCEL_CUT[0], PARCEL_CUT[1] - PARCEL_CUT[0]
+
     def hashed(salt, *codes):
         """The hash of each pixel's square and, with `codes` (0/1 per pixel), of its side of the cuts."""
         key = i * 4 + sum(c << n for n, c in enumerate(codes)) if codes else i
@@ -917,11 +925,9 @@ class ExemplarAtlas:
         Farmland's parcels and the reads go sheet by sheet and octave by octave over all the
         cells at once: a canvas at the band's top has thousands."""
         xy: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(jobs)
-        parcelled: dict[tuple[int, int], list[int]] = {}
+        parcelled = _parcelled([a for a, _, _ in jobs])
         for q, (a, u, v) in enumerate(jobs):
-            if a.exemplar.parcelled:
-                parcelled.setdefault((a.seed, a.exemplar.index), []).append(q)
-            else:
+            if not a.exemplar.parcelled:
                 ex_x, ex_y = _exemplar_xy([a], cells, u[None], v[None])
                 xy[q] = ex_x[0], ex_y[0]
         for members in parcelled.values():
