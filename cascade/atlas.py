@@ -547,12 +547,12 @@ def parcel_xy(seed: int, exemplar: Exemplar, u: np.ndarray, v: np.ndarray) -> tu
     px = EARTH_CIRCUMFERENCE_M * np.cos(np.arctan(np.sinh(np.pi * (1 - 2 * v_mid)))) / grid / exemplar.m_per_px
     width, height = (a1 - a0) * px, (b1 - b0) * px
     lx, ly = (fu - a0) * px, (fv - b0) * px
-    # Its orientation, turned about the field so it stays within (0, 0)-(tw, th).
+    # Its orientation (`_turned`), about the field so it stays within (0, 0)-(tw, th).
     turn = hashed(6, side1, side2) % 8
     swap = (turn & 4) > 0
-    lx, ly = np.where(swap, ly, lx), np.where(swap, lx, ly)
     tw, th = np.where(swap, height, width), np.where(swap, width, height)
-    lx, ly = np.where(turn & 1, tw - lx, lx), np.where(turn & 2, th - ly, ly)
+    lx, ly = _turned(lx, ly, turn)
+    lx, ly = np.where(turn & 1, lx + tw, lx), np.where(turn & 2, ly + th, ly)
     ox = _unit(hashed(7, side1, side2)) * np.maximum(exemplar.width - tw, 0.0)
     oy = _unit(hashed(8, side1, side2)) * np.maximum(exemplar.height - th, 0.0)
     return ox + lx, oy + ly
