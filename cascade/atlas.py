@@ -356,6 +356,15 @@ TOWN_INTENSITY, SUBURB_INTENSITY = 0.5, 0.2
 TOWN_EDGE_NOISE = 0.8  # how far a smooth noise moves a town's edge in and out (an exponent of e^+-0.8)
 
 
+def built_ground(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray,
+                 intensity: np.ndarray) -> np.ndarray:
+    """How built up the ground at points (cell units of `band`, `cells` a side) is where a settled
+    band decides town and suburb: the settlements' intensity, its edge moved in and out by a smooth
+    noise (towns are not discs); 1 stays 1, a centre is built up."""
+    edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
+    return intensity ** np.exp(-TOWN_EDGE_NOISE * edge)
+
+
 def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarray:
     """Indices of the exemplars (of land covers `covers`) that a cell of `cover` draws: those of
     its own cover, joined by those of its nearest kin (`COVER_KIN`) until there are at least
@@ -611,6 +620,10 @@ class ExemplarAtlas:
         self._cache_bytes, self._cache_limit = 0, cache_bytes
         self._lock = threading.Lock()
 
+    def draws(self, band: int, use: int) -> bool:
+        """Whether the band has exemplars of its own of `use` (not only its kin's)."""
+        return any(e.use == use for e in self._by_band[band][0])
+
     # -- octaves ---------------------------------------------------------------------------
 
     def octave(self, exemplar: Exemplar, k: int) -> np.ndarray:
@@ -636,7 +649,7 @@ class ExemplarAtlas:
     # -- assignment ------------------------------------------------------------------------
 
     def assign(self, seed: int, band: int, i: np.ndarray, j: np.ndarray, read: WindowReader,
-               zoom: int | None = None, places=None) -> list[Assignment]:
+               zoom: int | None = None, places=None, use: int | None = None) -> list[Assignment]:
         """The exemplar, orientation and offset of cells (i, j): a pure function of the seed, the
         cell, the world's pixels at the band's anchor zoom around the cell's feature point and,
         for a `settled` band, the world's settlements (`places`, see `cascade.settlements`; None:
@@ -645,7 +658,8 @@ class ExemplarAtlas:
         The anchor's land cover picks the candidates (water gets no detail), or on built-up ground
         the town or suburb exemplars; among them the region's ranking and the closeness of colour
         (the band's `chroma_weight`) choose. Painting `zoom` above the band's top (a world whose
-        root is shallower than the band) reads the zoom above it instead."""
+        root is shallower than the band) reads the zoom above it instead. `use` (an index into
+        `USES`): every land cell draws that ground instead (the town layer of `cascade.towns`)."""
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
         i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
@@ -655,7 +669,9 @@ class ExemplarAtlas:
         side = max(4, int(round(world / cells)))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
         uses = land_cover(anchor, spec.forest_below)
-        if spec.settled and len(fx):
+        if use is not None:
+            uses = np.where((uses != 0) & (uses != 1), use, uses)
+        elif spec.settled and len(fx):
             uses = self._settle(seed, band, cells, fx, fy, uses, places)
         chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, uses, spec.regions_log2)
         members = self._by_band[band][0]
@@ -677,8 +693,7 @@ class ExemplarAtlas:
         if places is None:
             places = ProceduralSettlements(seed)
         lon, lat = _lon_lat(fx, fy, cells)
-        edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
-        built = places.intensity(lon, lat) ** np.exp(-TOWN_EDGE_NOISE * edge)  # 1 stays 1: a centre is built up
+        built = built_ground(seed, band, cells, fx, fy, places.intensity(lon, lat))
         land = (covers != 0) & (covers != 1)
         return np.where(land & (built >= TOWN_INTENSITY), TOWN,
                         np.where(land & (built >= SUBURB_INTENSITY), SUBURB, covers))
@@ -785,9 +800,11 @@ class ExemplarAtlas:
         return layers["detail"], cover
 
     def render(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int, read: WindowReader,
-               layers: tuple[str, ...] = ("detail",), places=None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               layers: tuple[str, ...] = ("detail",), places=None,
+               use: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """`detail` and/or `image` ({layer: float32 (3, height, width)}) and their shared coverage,
-        from one assignment of the window's cells (assigning them is a good part of either)."""
+        from one assignment of the window's cells (assigning them is a good part of either); `use`
+        as for `assign`."""
         band = band_of_zoom(zoom, self.bands)
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
@@ -814,7 +831,7 @@ class ExemplarAtlas:
         inverse = inverse.reshape(-1).astype(np.int32)
         order = np.argsort(inverse, kind="stable")
         bounds = np.searchsorted(inverse[order], np.arange(len(cell_ids) + 1))
-        assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom, places)
+        assignments = self.assign(seed, band, cell_ids[:, 0], cell_ids[:, 1], read, zoom, places, use)
         jobs = []  # (assignment, its pixels, their weights) of every cell with an exemplar
         for q, a in enumerate(assignments):
             if a.exemplar is not None:

@@ -17,15 +17,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cascade.atlas import DEFAULT_ATLAS, ExemplarAtlas, apply_detail, band_of_zoom, photographed_land
+from cascade.atlas import DEFAULT_ATLAS, TOWN, ExemplarAtlas, apply_detail, band_of_zoom, photographed_land
 from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
 from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_context, sample_stage
+from cascade.settlements import ProceduralSettlements
+from cascade.towns import TOWN_SHARE, bare_ground, built_up_map, grey_towns
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "12"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "13"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 
@@ -207,11 +209,8 @@ class MetatilePainter:
         canvas_w, canvas_h = width + 2 * h, height + 2 * h
         guide, exemplars = None, {}
         if self.atlas is not None:
-            # The detail guides the stage; where the colour drifts, the photos themselves are its goal.
-            drifts = self.colour_drift and self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].quilted
-            exemplars = self.render_atlas(seed, zoom, halo_origins, canvas_w, canvas_h, parent_pixels,
-                                          ("detail", "image") if drifts else ("detail",), earth)
-            guide = self.reference(exemplars["detail"], parent_window)
+            guide, exemplars = self.atlas_reference(seed, zoom, halo_origins, canvas_w, canvas_h, parent_pixels,
+                                                    parent_window, earth)
         if self.steps == 0:
             canvas = guide
         else:
@@ -228,6 +227,23 @@ class MetatilePainter:
         children = finish_stage(canvas, target, h)
         return (children * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+    def atlas_reference(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+                        tile_pixels: Callable[[mercantile.Tile], np.ndarray], parent_window: torch.Tensor,
+                        earth: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The reference that guides each canvas's stage (`reference`) and the atlas layers it came
+        from (`render_atlas`): where the colour drifts, the photographs themselves are its goal.
+        Above the photographed band, whose town sheets take over, towns grey zoom by zoom and
+        show their own exemplars (`town_layers`, `town_detail`), where a band is settled."""
+        photographed = self.atlas.bands[band_of_zoom(zoom, self.atlas.bands)].quilted
+        layers = ("detail", "image") if photographed and self.colour_drift else ("detail",)
+        exemplars = self.render_atlas(seed, zoom, origins, width, height, tile_pixels, layers, earth)
+        towns = None
+        if not photographed and any(b.settled for b in self.atlas.bands):
+            towns = self.town_layers(seed, zoom, origins, width, height, parent_window, earth)
+            exemplars["detail"] = self.town_detail(seed, zoom, origins, width, height, tile_pixels,
+                                                   exemplars["detail"], towns, earth)
+        return self.reference(exemplars["detail"], parent_window, towns), exemplars
+
     def render_atlas(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
                      tile_pixels: Callable[[mercantile.Tile], np.ndarray], layers: tuple[str, ...],
                      earth: bool = False) -> dict[str, torch.Tensor]:
@@ -239,11 +255,55 @@ class MetatilePainter:
         out["cover"] = torch.from_numpy(np.stack([c for _, c in each])).to(self.device)
         return out
 
-    def reference(self, detail: torch.Tensor, parent_window: torch.Tensor) -> torch.Tensor:
+    def town_layers(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+                    parent_window: torch.Tensor, earth: bool = False) -> dict[str, torch.Tensor]:
+        """The world's towns under each canvas (`cascade.towns`): this zoom's built-up map
+        ("built", (B, 1, H, W)), the parent zoom's magnified ("above") and the unbuilt ground
+        around each pixel ("bare", (B, 3, H, W))."""
+        places = self.atlas.settlements if earth and self.atlas.settlements is not None else ProceduralSettlements(seed)
+        # Where the settled band will lay its towns and suburbs, by its own thresholds and edges.
+        band = [b.settled for b in self.atlas.bands].index(True)
+        cells = 1 << self.atlas.bands[band].cells_log2
+        m = self.model.context_margin
+        ph, pw = parent_window.shape[-2:]
+        built = [built_up_map(places, seed, band, cells, zoom, x0, y0, width, height) for x0, y0 in origins]
+        above = [built_up_map(places, seed, band, cells, zoom - 1, x0 // 2 - m, y0 // 2 - m, pw, ph)
+                 for x0, y0 in origins]
+        above = torch.from_numpy(np.stack(above))[:, None].to(parent_window)
+        return {"built": torch.from_numpy(np.stack(built))[:, None].to(parent_window),
+                "above": parent_context(self.model, above),
+                "bare": parent_context(self.model, bare_ground(parent_window, above))}
+
+    def town_detail(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
+                    tile_pixels: Callable[[mercantile.Tile], np.ndarray], detail: torch.Tensor,
+                    towns: dict[str, torch.Tensor], earth: bool = False) -> torch.Tensor:
+        """The atlas's detail with its town exemplars' in place of the land's where the built-up map
+        (`town_layers`) says so, blended by the map: a town shows streets and roofs, not the
+        fields the land's cells lay there. As it is where the band has no town exemplars."""
+        band = band_of_zoom(zoom, self.atlas.bands)
+        if not self.atlas.draws(band, TOWN):
+            return detail
+        built = (towns["built"][:, 0] / TOWN_SHARE).clamp(0, 1)
+        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
+        out = detail.clone()
+        for k, (x0, y0) in enumerate(origins):
+            if float(built[k].max()) < 0.01:
+                continue
+            layers, _ = self.atlas.render(seed, zoom, x0, y0, width, height, read, ("detail",), places, use=TOWN)
+            town = torch.from_numpy(layers["detail"]).to(out)
+            out[k] = out[k] + built[k][None] * (town - out[k])
+        return out
+
+    def reference(self, detail: torch.Tensor, parent_window: torch.Tensor,
+                  towns: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The atlas reference of each canvas, (B, 3, H, W) in [0, 1]: the upsampled parent with the
-        exemplars' octave of detail (`apply_detail`)."""
+        exemplars' octave of detail (`apply_detail`) and, where given, this zoom's towns
+        (`cascade.towns.grey_towns`)."""
         parent_up = parent_context(self.model, parent_window)
-        return apply_detail(parent_up, detail.to(parent_up))
+        reference = apply_detail(parent_up, detail.to(parent_up))
+        if towns is None:
+            return reference
+        return grey_towns(reference, parent_up, towns["built"], towns["above"], towns["bare"])
 
     def drifted(self, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
                 tile_pixels: Callable[[mercantile.Tile], np.ndarray], parent: torch.Tensor,

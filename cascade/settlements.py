@@ -145,3 +145,84 @@ class ProceduralSettlements(Settlements):
         site_lon = (ci + 0.1 + 0.8 * unit(3)) * step - 180.0
         site_lat = (rj + 0.1 + 0.8 * unit(4)) * step
         return np.column_stack([site_lon, site_lat, population])[present]
+
+
+def built_up_window(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int,
+                    least: float = 0.0) -> np.ndarray:
+    """How built up each pixel of a window of `zoom` (global pixel origin, Web Mercator, 256 px
+    tiles) is, as an area average: float32 (height, width), 0 to 1.
+
+    Each settlement's exp(-(d / R)^2) is blurred by the pixel it falls in (R'^2 = R^2 + p^2 / 6 for
+    pixels of p metres: a box's variance, added) and scaled by (R / R')^2, which keeps its integral,
+    so a village smaller than a pixel greys that pixel in proportion to its area instead of by
+    whether the pixel's centre falls on it; the largest over the settlements, as `intensity_from`.
+    Settlements whose blurred peak stays under `least` are left out (at z5 a window holds tens of
+    thousands of villages, each far below a pixel). Pure in global coordinates: any window
+    covering a pixel gives it the same value."""
+    sites, pixel_m = _sites_of(places, zoom, x0, y0, width, height)
+    radius = built_up_radius(sites[:, 2])
+    blurred = np.sqrt(radius ** 2 + pixel_m ** 2 / 6)
+    out = np.zeros((height, width), np.float64)
+    _splat(out, zoom, x0, y0, sites, blurred / pixel_m, (radius / blurred) ** 2, least, np.maximum)
+    return out.astype(np.float32)
+
+
+def built_up_cover(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int,
+                   discs: tuple[tuple[float, float], ...], least: float = 0.0) -> np.ndarray:
+    """The share of each pixel of a window of `zoom` that settlements too small to draw at it
+    cover: for each (radius in built-up radii, weight) of `discs`, every settlement's disc of that
+    radius, area-averaged over the pixels (as a Gaussian of the same area and spread), times the
+    weight, summed over the settlements (several villages in one pixel cover more of it). A disc
+    counts in full up to a pixel's width and not at all from two: larger, it is drawn where it is.
+    float32 (height, width); splats under `least` are left out."""
+    sites, pixel_m = _sites_of(places, zoom, x0, y0, width, height)
+    out = np.zeros((height, width), np.float64)
+    for factor, weight in discs:
+        r = factor * built_up_radius(sites[:, 2])
+        spread = np.sqrt(r ** 2 / 2 + pixel_m ** 2 / 6)
+        small = np.clip(2 - r / pixel_m, 0, 1)
+        _splat(out, zoom, x0, y0, sites, spread / pixel_m, weight * small * (r / spread) ** 2, least, np.add)
+    return out.astype(np.float32)
+
+
+def _sites_of(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int):
+    """The settlements that can count in a window, and the size of a pixel (metres) at each."""
+    world = 256 << zoom
+    xs = np.array([x0, x0 + width, x0, x0 + width], np.float64)
+    ys = np.array([y0, y0, y0 + height, y0 + height], np.float64)
+    sites = places.near(*_pixel_lon_lat(xs, np.clip(ys, 0, world), world))
+    return sites, 2 * math.pi * 6378137.0 / world * np.cos(np.radians(sites[:, 1]))
+
+
+def _splat(out: np.ndarray, zoom: int, x0: int, y0: int, sites: np.ndarray, r_px: np.ndarray, peak: np.ndarray,
+           least: float, combine: np.ufunc) -> None:
+    """Combine (`np.maximum` or `np.add`) peak * exp(-(d / r)^2), cut at `CUTOFF` r, of every site
+    whose peak reaches `least` into the window `out` (its origin x0, y0 at `zoom`)."""
+    height, width = out.shape
+    world = 256 << zoom
+    keep = peak >= max(least, 1e-12)
+    sites, r_px, peak = sites[keep], r_px[keep], peak[keep]
+    sx = (sites[:, 0] + 180.0) / 360.0 * world
+    sx = x0 + width / 2 + (sx - x0 - width / 2 + world / 2) % world - world / 2  # across the antimeridian too
+    sy = (1 - np.arcsinh(np.tan(np.radians(sites[:, 1]))) / np.pi) / 2 * world
+    cx, cy = sx - x0, sy - y0
+    reach = np.ceil(CUTOFF * r_px).astype(np.int64)  # pixels each way a settlement can count
+    inside = (cx + reach >= 0) & (cx - reach < width) & (cy + reach >= 0) & (cy - reach < height)
+    # Settlements of one reach together: a stencil of that size around each.
+    for far in np.unique(reach[inside]).tolist():
+        at = np.flatnonzero(inside & (reach == far))
+        d = np.arange(-far, far + 1)
+        cols = np.floor(cx[at]).astype(np.int64)[:, None, None] + d[None, None, :]
+        rows = np.floor(cy[at]).astype(np.int64)[:, None, None] + d[None, :, None]
+        dx = (cols + 0.5 - cx[at, None, None]) / r_px[at, None, None]
+        dy = (rows + 0.5 - cy[at, None, None]) / r_px[at, None, None]
+        reach2 = dx * dx + dy * dy
+        value = np.where(reach2 < CUTOFF ** 2, peak[at, None, None] * np.exp(-reach2), 0.0)
+        valid = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
+        rows, cols, value = np.broadcast_arrays(rows, cols, value)
+        combine.at(out, (rows[valid], cols[valid]), value[valid])
+
+
+def _pixel_lon_lat(x: np.ndarray, y: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees of longitude and latitude of global Web Mercator pixel coordinates."""
+    return x / world * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / world))))

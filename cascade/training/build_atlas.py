@@ -80,6 +80,10 @@ SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "stora
 # Scenes whose water the mask cannot tell from land: the Amazon's silt-brown river is the colour of
 # bare soil, and cut into cells it printed brown wedges across forest.
 SKIPPED_SCENES = frozenset({"xlandsat_30m/manaus_amazon_2023-07-23.jpg"})
+# Scenes of a city whose built-up heart (x, y, side in px) is also an exemplar of its own, of town:
+# the town layer of the bands above the fine one (`cascade.towns`) lays it where towns are. The
+# whole scene, mostly savanna and river, stays an exemplar of its land cover.
+CITY_HEARTS = {"landsat_xyz/kinshasa_city_river_2015-09-04_z12.jpg": (520, 800, 400)}
 # Image sets that photograph one footprint on many dates: more than two dates of it would make
 # one place most of its band's candidates (the same fields everywhere).
 DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
@@ -509,6 +513,13 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                          use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below))])
             spent += store_octaves(blob, entry, levels)
             exemplars.append(entry)
+            if index > 0 and rec.file in CITY_HEARTS:
+                x, y, side = CITY_HEARTS[rec.file]
+                g0, levels = octaves(load_image(rec)[y:y + side, x:x + side], rec.m_per_px, band)
+                mean, std = descriptor(levels[0], g0, band)
+                heart = {**entry, "name": f"{rec.file}#heart", "mean": mean, "std": std, "use": "town"}
+                spent += store_octaves(blob, heart, levels)
+                exemplars.append(heart)
             dates[rec.place] += 1
             taken += 1
         bar.close()
