@@ -111,6 +111,11 @@ class Band:
     # (Iowa 0.20, Ukraine 0.19, northern Germany 0.20, the Paris basin 0.23), and at 0.2 the
     # farmland of the temperate zone was painted as forest at z16-z18.
     forest_below: float = 0.2
+    # Colour spread (max - min of the mean sRGB) under which pale land (mean above 0.3) is bare
+    # rock, not open land (`land_cover`); 0: none. The Blue Marble's Alps are a grey of spread 0.03-0.07
+    # (farmland's is 0.09-0.2 in Iowa, the Paris basin and the Nile delta), and in the fine band open
+    # land draws the fields sheet: the Alps were crop rows at z18.
+    rock_below: float = 0.0
 
     @property
     def anchor_zoom(self) -> int:
@@ -147,7 +152,7 @@ BANDS = (
     Band("continental", 5, 7, 7, gain=1.0, chroma=1.0),
     Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1),
     Band("fine", 13, 18, 17, gain=1.4, chroma=1.0, regions_log2=0, chroma_weight=0.0, settled=True, nearby=2.0,
-         quilted=True, forest_below=0.15),
+         quilted=True, forest_below=0.15, rock_below=0.08),
 )
 
 
@@ -377,17 +382,18 @@ def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarra
     return np.asarray(found, np.int64)
 
 
-def land_cover(rgb: np.ndarray, forest_below: float = 0.2) -> np.ndarray:
+def land_cover(rgb: np.ndarray, forest_below: float = 0.2, rock_below: float = 0.0) -> np.ndarray:
     """A coarse land cover class (index into LAND_COVERS) from mean sRGB colours in [0, 1]:
     the same rules for the world's own pixels and for the exemplars. Snow is pale and grey or
-    bluish; pale ground with a warm cast (a dry plain, a beach) is bare; green land darker than
+    bluish; pale ground with a warm cast (a dry plain, a beach) is bare, and so is pale grey
+    ground of a colour spread under `rock_below` (rock, `Band.rock_below`); green land darker than
     `forest_below` is forest (`Band.forest_below`)."""
     rgb = np.asarray(rgb, np.float64)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     bright, spread = rgb.mean(-1), rgb.max(-1) - rgb.min(-1)
     return np.select(
         [b > np.maximum(r, g) + 0.02, (rgb.min(-1) > 0.55) & (spread < 0.15) & (b > r - 0.04),
-         (r > g + 0.02) & (bright > 0.25), bright < forest_below],
+         ((r > g + 0.02) & (bright > 0.25)) | ((spread < rock_below) & (bright > 0.3)), bright < forest_below],
         [0, 1, 2, 3], default=4)
 
 
@@ -668,7 +674,7 @@ class ExemplarAtlas:
         world = 256 << za
         side = max(4, int(round(world / cells)))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
-        uses = land_cover(anchor, spec.forest_below)
+        uses = land_cover(anchor, spec.forest_below, spec.rock_below)
         if use is not None:
             uses = np.where((uses != 0) & (uses != 1), use, uses)
         elif spec.settled and len(fx):

@@ -340,6 +340,10 @@ def test_land_cover_of_snow_and_pale_warm_ground():
     assert cover((0.9, 0.92, 0.93)) == "snow"
     assert cover((0.72, 0.66, 0.6)) == "bare"  # a pale dry plain is no snowfield
     assert cover((0.08, 0.15, 0.06)) == "forest"
+    # Pale grey rock is open land, unless the band takes it for rock (the fine band: no crop rows on the Alps).
+    alps, farmland = np.array((0.557, 0.573, 0.522)), np.array((0.278, 0.286, 0.129))
+    assert cover(alps) == "open" and LAND_COVERS[int(land_cover(alps, 0.15, 0.08))] == "bare"
+    assert LAND_COVERS[int(land_cover(farmland, 0.15, 0.08))] == "open"
 
 
 def test_a_cover_missing_from_a_band_takes_its_kin_never_snow(tiny_atlas):
