@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cascade.settlements import GeoNamesSettlements, ProceduralSettlements
+from cascade.settlements import GeoNamesSettlements, ProceduralSettlements, lon_lat
 
 DEFAULT_ATLAS = Path(__file__).parent / "exemplars"
 ATLAS_FORMAT = 2  # 2: exemplars name the ground they show (`use`); the settlement table
@@ -447,11 +447,6 @@ def apply_detail(base: torch.Tensor, detail: torch.Tensor, margin: float = 0.02)
     return soft_add(base, untone(tone(base) + detail) - base, margin)
 
 
-def _lon_lat(fx: np.ndarray, fy: np.ndarray, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """Degrees of longitude and latitude of points in cell units of a Web Mercator world `cells` wide."""
-    return fx / cells * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * fy / cells))))
-
-
 def _unit_vectors(lat_lon: np.ndarray) -> np.ndarray:
     """(..., 2) degrees of latitude and longitude as (..., 3) points on the unit sphere."""
     lat, lon = np.radians(lat_lon[..., 0]), np.radians(lat_lon[..., 1])
@@ -698,7 +693,7 @@ class ExemplarAtlas:
         discs), against `TOWN_INTENSITY` and `SUBURB_INTENSITY`. Water and snow stay as they are."""
         if places is None:
             places = ProceduralSettlements(seed)
-        lon, lat = _lon_lat(fx, fy, cells)
+        lon, lat = lon_lat(fx, fy, cells)
         built = built_ground(seed, band, cells, fx, fy, places.intensity(lon, lat))
         land = (covers != 0) & (covers != 1)
         return np.where(land & (built >= TOWN_INTENSITY), TOWN,
@@ -754,7 +749,7 @@ class ExemplarAtlas:
     def _distance(self, band: int, fx: np.ndarray, fy: np.ndarray, cells: int, candidates: np.ndarray) -> np.ndarray:
         """Great-circle distance (half turns, 0..1) from feature points to where each candidate was
         photographed; 0.5 for a candidate of unknown origin."""
-        lon, lat = _lon_lat(fx, fy, cells)
+        lon, lat = lon_lat(fx, fy, cells)
         here = _unit_vectors(np.stack([lat, lon], -1))
         cos = np.clip(here @ self._origins[band][candidates].T, -1.0, 1.0)
         return np.where(np.isnan(cos), 0.5, np.arccos(cos) / np.pi)

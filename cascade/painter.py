@@ -22,7 +22,7 @@ from cascade.model import CascadeDenoiser
 from cascade.noise import batch_noise
 from cascade.pyramid import TILE, children_of, row_log2_mpp
 from cascade.sampler import SMOOTH_REACH, finish_stage, make_scheduler, parent_context, sample_stage
-from cascade.settlements import ProceduralSettlements
+from cascade.settlements import ProceduralSettlements, Settlements
 from cascade.towns import TOWN_SHARE, bare_ground, built_up_map, grey_towns
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
@@ -249,18 +249,23 @@ class MetatilePainter:
                      earth: bool = False) -> dict[str, torch.Tensor]:
         """The atlas's `layers` of each canvas (global origins, canvas size) and their "cover",
         batched: {layer: (B, 3, H, W), "cover": (B, H, W)} (`ExemplarAtlas.render`)."""
-        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
+        read, places = window_reader(tile_pixels), self.settlements(seed, earth)
         each = [self.atlas.render(seed, zoom, x0, y0, width, height, read, layers, places) for x0, y0 in origins]
         out = {layer: torch.from_numpy(np.stack([r[layer] for r, _ in each])).to(self.device) for layer in layers}
         out["cover"] = torch.from_numpy(np.stack([c for _, c in each])).to(self.device)
         return out
+
+    def settlements(self, seed: int, earth: bool) -> Settlements:
+        """The world's settlements: the real Earth's (the atlas's GeoNames table, where it has one),
+        or a pattern of the seed's own."""
+        return self.atlas.settlements if earth and self.atlas.settlements is not None else ProceduralSettlements(seed)
 
     def town_layers(self, seed: int, zoom: int, origins: Sequence[tuple[int, int]], width: int, height: int,
                     parent_window: torch.Tensor, earth: bool = False) -> dict[str, torch.Tensor]:
         """The world's towns under each canvas (`cascade.towns`): this zoom's built-up map
         ("built", (B, 1, H, W)), the parent zoom's magnified ("above") and the unbuilt ground
         around each pixel ("bare", (B, 3, H, W))."""
-        places = self.atlas.settlements if earth and self.atlas.settlements is not None else ProceduralSettlements(seed)
+        places = self.settlements(seed, earth)
         # Where the settled band will lay its towns and suburbs, by its own thresholds and edges.
         band = [b.settled for b in self.atlas.bands].index(True)
         cells = 1 << self.atlas.bands[band].cells_log2
@@ -284,7 +289,7 @@ class MetatilePainter:
         if not self.atlas.draws(band, TOWN):
             return detail
         built = (towns["built"][:, 0] / TOWN_SHARE).clamp(0, 1)
-        read, places = window_reader(tile_pixels), self.atlas.settlements if earth else None
+        read, places = window_reader(tile_pixels), self.settlements(seed, earth)
         out = detail.clone()
         for k, (x0, y0) in enumerate(origins):
             if float(built[k].max()) < 0.01:

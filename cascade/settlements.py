@@ -26,6 +26,12 @@ METRES_PER_DEG = 111_320.0
 REACH_DEG = 0.45
 
 
+def lon_lat(x: np.ndarray, y: np.ndarray, world: float) -> tuple[np.ndarray, np.ndarray]:
+    """Degrees of longitude and latitude of Web Mercator positions in units of which the world is
+    `world` wide (global pixels of a zoom, or cells of a band)."""
+    return x / world * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / world))))
+
+
 def built_up_radius(population: np.ndarray) -> np.ndarray:
     """Metres from a settlement's centre at which its intensity falls to 1/e."""
     return VILLAGE_RADIUS_M * np.sqrt(np.clip(np.asarray(population, np.float64), 1.0, LARGEST) / 1000.0)
@@ -148,7 +154,7 @@ class ProceduralSettlements(Settlements):
 
 
 def built_up_window(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int,
-                    least: float = 0.0) -> np.ndarray:
+                    least: float = 0.0, sites: np.ndarray | None = None) -> np.ndarray:
     """How built up each pixel of a window of `zoom` (global pixel origin, Web Mercator, 256 px
     tiles) is, as an area average: float32 (height, width), 0 to 1.
 
@@ -158,8 +164,9 @@ def built_up_window(places: Settlements, zoom: int, x0: int, y0: int, width: int
     whether the pixel's centre falls on it; the largest over the settlements, as `intensity_from`.
     Settlements whose blurred peak stays under `least` are left out (at z5 a window holds tens of
     thousands of villages, each far below a pixel). Pure in global coordinates: any window
-    covering a pixel gives it the same value."""
-    sites, pixel_m = _sites_of(places, zoom, x0, y0, width, height)
+    covering a pixel gives it the same value. `sites`: the window's (`sites_near`), if already read."""
+    sites = sites_near(places, zoom, x0, y0, width, height) if sites is None else sites
+    pixel_m = _pixel_metres(sites, zoom)
     radius = built_up_radius(sites[:, 2])
     blurred = np.sqrt(radius ** 2 + pixel_m ** 2 / 6)
     out = np.zeros((height, width), np.float64)
@@ -168,14 +175,16 @@ def built_up_window(places: Settlements, zoom: int, x0: int, y0: int, width: int
 
 
 def built_up_cover(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int,
-                   discs: tuple[tuple[float, float], ...], least: float = 0.0) -> np.ndarray:
+                   discs: tuple[tuple[float, float], ...], least: float = 0.0,
+                   sites: np.ndarray | None = None) -> np.ndarray:
     """The share of each pixel of a window of `zoom` that settlements too small to draw at it
     cover: for each (radius in built-up radii, weight) of `discs`, every settlement's disc of that
     radius, area-averaged over the pixels (as a Gaussian of the same area and spread), times the
     weight, summed over the settlements (several villages in one pixel cover more of it). A disc
     counts in full up to a pixel's width and not at all from two: larger, it is drawn where it is.
-    float32 (height, width); splats under `least` are left out."""
-    sites, pixel_m = _sites_of(places, zoom, x0, y0, width, height)
+    float32 (height, width); splats under `least` are left out. `sites` as for `built_up_window`."""
+    sites = sites_near(places, zoom, x0, y0, width, height) if sites is None else sites
+    pixel_m = _pixel_metres(sites, zoom)
     out = np.zeros((height, width), np.float64)
     for factor, weight in discs:
         r = factor * built_up_radius(sites[:, 2])
@@ -185,13 +194,17 @@ def built_up_cover(places: Settlements, zoom: int, x0: int, y0: int, width: int,
     return out.astype(np.float32)
 
 
-def _sites_of(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int):
-    """The settlements that can count in a window, and the size of a pixel (metres) at each."""
+def sites_near(places: Settlements, zoom: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+    """The settlements (`Settlements.near`) that can count in a window of `zoom`."""
     world = 256 << zoom
     xs = np.array([x0, x0 + width, x0, x0 + width], np.float64)
     ys = np.array([y0, y0, y0 + height, y0 + height], np.float64)
-    sites = places.near(*_pixel_lon_lat(xs, np.clip(ys, 0, world), world))
-    return sites, 2 * math.pi * 6378137.0 / world * np.cos(np.radians(sites[:, 1]))
+    return places.near(*lon_lat(xs, np.clip(ys, 0, world), world))
+
+
+def _pixel_metres(sites: np.ndarray, zoom: int) -> np.ndarray:
+    """The size of a pixel of `zoom` (metres) at each settlement."""
+    return 2 * math.pi * 6378137.0 / (256 << zoom) * np.cos(np.radians(sites[:, 1]))
 
 
 def _splat(out: np.ndarray, zoom: int, x0: int, y0: int, sites: np.ndarray, r_px: np.ndarray, peak: np.ndarray,
@@ -221,8 +234,3 @@ def _splat(out: np.ndarray, zoom: int, x0: int, y0: int, sites: np.ndarray, r_px
         valid = (cols >= 0) & (cols < width) & (rows >= 0) & (rows < height)
         rows, cols, value = np.broadcast_arrays(rows, cols, value)
         combine.at(out, (rows[valid], cols[valid]), value[valid])
-
-
-def _pixel_lon_lat(x: np.ndarray, y: np.ndarray, world: int) -> tuple[np.ndarray, np.ndarray]:
-    """Degrees of longitude and latitude of global Web Mercator pixel coordinates."""
-    return x / world * 360.0 - 180.0, np.degrees(np.arctan(np.sinh(np.pi * (1 - 2 * y / world))))

@@ -28,7 +28,7 @@ from cascade.atlas import (
     tone,
     untone,
 )
-from cascade.settlements import Settlements, built_up_cover, built_up_window
+from cascade.settlements import Settlements, built_up_cover, built_up_window, sites_near
 
 # What built-up ground tends to: roofs, roads and yards, a light warm grey (the mean of the fine
 # band's town sheets is about 0.52, 0.50, 0.47; the colour drift moves its towns toward them).
@@ -38,20 +38,22 @@ SUBURB_SHARE = 0.4  # and a suburb's, where houses stand among gardens and trees
 EDGE = 0.03  # built-up intensity over which a town's or a suburb's edge fades in
 BARE_REACH = 3  # parent pixels around a pixel whose unbuilt ground gives the colour a town is taken back to
 # Intensity under which no noise edge makes ground a suburb: settlements that never reach it count for nothing.
+LEAST = (SUBURB_INTENSITY - EDGE / 2) ** math.exp(TOWN_EDGE_NOISE)
 # The discs (in built-up radii, and their shares) where the intensity reaches a suburb's and a town's.
 DISCS = ((math.sqrt(math.log(1 / SUBURB_INTENSITY)), SUBURB_SHARE),
          (math.sqrt(math.log(1 / TOWN_INTENSITY)), TOWN_SHARE - SUBURB_SHARE))
 LEAST_COVER = 1e-3  # share of a pixel under which a settlement too small to draw is left out
-LEAST = (SUBURB_INTENSITY - EDGE / 2) ** math.exp(TOWN_EDGE_NOISE)
 
 
 def built_up_map(places: Settlements, seed: int, band: int, cells: int, zoom: int, x0: int, y0: int,
                  width: int, height: int) -> np.ndarray:
     """The share of the way to `TOWN_COLOUR` of each pixel of a window of `zoom`: town and suburb
     where the settled band (index `band`, `cells` a side) puts them, by the same thresholds on the
-    same noise-edged intensity (`cascade.atlas.built_ground`), blurred by the pixel so that a
-    village smaller than one fades out rather than flickering. float32 (height, width)."""
-    intensity = built_up_window(places, zoom, x0, y0, width, height, LEAST).astype(np.float64)
+    same noise-edged intensity (`cascade.atlas.built_ground`); a settlement too small to draw at
+    this zoom counts by the area of its town and suburb (`built_up_cover`), so that the map's mean
+    over a region is the same at every zoom. float32 (height, width)."""
+    sites = sites_near(places, zoom, x0, y0, width, height)  # one lookup for both layers
+    intensity = built_up_window(places, zoom, x0, y0, width, height, LEAST, sites).astype(np.float64)
     scale = cells / (256 << zoom)
     fx = (x0 + np.arange(width) + 0.5)[None, :] * scale + np.zeros((height, 1))
     fy = (y0 + np.arange(height) + 0.5)[:, None] * scale + np.zeros((1, width))
@@ -62,7 +64,7 @@ def built_up_map(places: Settlements, seed: int, band: int, cells: int, zoom: in
         return t * t * (3 - 2 * t)
 
     drawn = SUBURB_SHARE * above(SUBURB_INTENSITY) + (TOWN_SHARE - SUBURB_SHARE) * above(TOWN_INTENSITY)
-    small = built_up_cover(places, zoom, x0, y0, width, height, DISCS, LEAST_COVER)
+    small = built_up_cover(places, zoom, x0, y0, width, height, DISCS, LEAST_COVER, sites)
     return np.maximum(drawn, np.minimum(small, TOWN_SHARE)).astype(np.float32)
 
 

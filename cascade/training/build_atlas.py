@@ -510,7 +510,7 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 continue
             entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
                          source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
-                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below))])
+                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below, band.rock_below))])
             spent += store_octaves(blob, entry, levels)
             exemplars.append(entry)
             if index > 0 and rec.file in CITY_HEARTS:
