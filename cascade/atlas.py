@@ -801,11 +801,12 @@ class ExemplarAtlas:
         return layers["detail"], cover
 
     def render(self, seed: int, zoom: int, x0: int, y0: int, width: int, height: int, read: WindowReader,
-               layers: tuple[str, ...] = ("detail",), places=None,
-               use: int | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+               layers: tuple[str, ...] = ("detail",), places=None, use: int | None = None,
+               where: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """`detail` and/or `image` ({layer: float32 (3, height, width)}) and their shared coverage,
         from one assignment of the window's cells (assigning them is a good part of either); `use`
-        as for `assign`."""
+        as for `assign`. `where` (bool (height, width)): only those pixels are rendered, the rest
+        are 0 and uncovered (a pixel's value does not depend on which others are rendered)."""
         band = band_of_zoom(zoom, self.bands)
         spec = self.bands[band]
         cells = 1 << spec.cells_log2
@@ -823,6 +824,10 @@ class ExemplarAtlas:
         keys = np.concatenate([c1.reshape(-1, 2), c2.reshape(-1, 2)])
         weights = np.concatenate([w1.reshape(-1), 1 - w1.reshape(-1)]).astype(np.float32)
         used = weights > 0
+        if where is not None:
+            used &= np.concatenate([where.reshape(-1)] * 2)
+        if not used.any():
+            return {layer: np.zeros((3, height, width), np.float32) for layer in layers}, cover.reshape(height, width)
         keys, weights = keys[used], weights[used]
         pixel = np.concatenate([np.arange(height * width)] * 2)[used]
         j_min = int(keys[:, 1].min())

@@ -294,7 +294,9 @@ class MetatilePainter:
         for k, (x0, y0) in enumerate(origins):
             if float(built[k].max()) < 0.01:
                 continue
-            layers, _ = self.atlas.render(seed, zoom, x0, y0, width, height, read, ("detail",), places, use=TOWN)
+            where = (built[k] > 0).cpu().numpy()  # the town exemplars' detail only where it shows
+            layers, _ = self.atlas.render(seed, zoom, x0, y0, width, height, read, ("detail",), places, use=TOWN,
+                                          where=where)
             town = torch.from_numpy(layers["detail"]).to(out)
             out[k] = out[k] + built[k][None] * (town - out[k])
         return out

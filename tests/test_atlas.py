@@ -137,6 +137,16 @@ def test_one_rendering_gives_the_detail_and_the_photos_of_one_assignment(tiny_at
     np.testing.assert_array_equal(cover, image_cover)
     with pytest.raises(ValueError, match="unknown atlas layer"):
         tiny_atlas.render(3, 5, -64, y0, 256, 192, land_reader, ("colour",))
+    # Rendering some pixels only (the town layer's) gives them the same values, the rest nothing.
+    where = np.zeros((192, 256), bool)
+    where[40:90, 30:200] = True
+    some, some_cover = tiny_atlas.render(3, 5, -64, y0, 256, 192, land_reader, ("detail", "image"), where=where)
+    for layer in ("detail", "image"):
+        np.testing.assert_array_equal(some[layer][:, where], both[layer][:, where])
+        assert not some[layer][:, ~where].any()
+    np.testing.assert_array_equal(some_cover[where], cover[where])
+    none, _ = tiny_atlas.render(3, 5, -64, y0, 256, 192, land_reader, where=np.zeros((192, 256), bool))
+    assert not none["detail"].any()
 
 
 @pytest.mark.parametrize("zoom", [3, 5])
