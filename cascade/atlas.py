@@ -66,6 +66,7 @@ from cascade.settlements import GeoNamesSettlements, ProceduralSettlements, lon_
 DEFAULT_ATLAS = Path(__file__).parent / "exemplars"
 ATLAS_FORMAT = 2  # 2: exemplars name the ground they show (`use`); the settlement table
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0
+CELL_WINDOWS_KEPT = 8  # windows whose nearest cells `ExemplarAtlas._cells_of` keeps (a batch of canvases)
 CACHE_BYTES = 256 << 20  # decoded octaves kept in memory (the fine band's sheets are about 180 MB decoded)
 
 # (zoom, x0, y0, width, height) -> float32 (3, height, width) in [0, 1]: the world's own pixels.
@@ -116,6 +117,10 @@ class Band:
     # (farmland's is 0.09-0.2 in Iowa, the Paris basin and the Nile delta), and in the fine band open
     # land draws the fields sheet: the Alps were crop rows at z18.
     rock_below: float = 0.0
+    # Warm bare ground where people live draws open land (`farmed_ground`): in its dry season the
+    # Blue Marble's Ganges plain, Punjab, Kansas and Castile are as tan as a steppe, and were
+    # painted as scrub from z8 to z18.
+    farmed: bool = False
 
     @property
     def anchor_zoom(self) -> int:
@@ -150,9 +155,9 @@ class Band:
 # settlements (`cascade.settlements`), elsewhere the land cover of the zoom above the band.
 BANDS = (
     Band("continental", 5, 7, 7, gain=1.0, chroma=1.0),
-    Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1),
+    Band("landscape", 8, 12, 13, gain=1.0, regions_log2=1, farmed=True),
     Band("fine", 13, 18, 17, gain=1.4, chroma=1.0, regions_log2=0, chroma_weight=0.0, settled=True, nearby=2.0,
-         quilted=True, forest_below=0.15, rock_below=0.08),
+         quilted=True, forest_below=0.15, rock_below=0.08, farmed=True),
 )
 
 
@@ -368,6 +373,36 @@ def built_ground(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarra
     noise (towns are not discs); 1 stays 1, a centre is built up."""
     edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
     return intensity ** np.exp(-TOWN_EDGE_NOISE * edge)
+
+
+# Bare ground is farmland in its dry season where the land about it is warm but neither pale (a
+# desert's sand and gravel: the Sahara 0.57, the Thar 0.59, the desert beside the Nile 0.6) nor
+# ruddy (red over green: the Sahel's laterite 0.12, Mongolia 0.09, the Sonoran desert 0.07-0.1)
+# and settlements are about (`Settlements.farmland`, about 20 km): the Ganges plain 2.1-3.0 (its
+# mean 0.43, red over green 0.04-0.06), Punjab 3.3, Kansas 2.0, Castile 17; Patagonia 0.9, the
+# Kazakh steppe 0.1, West Texas' ranches 0.4 stay bare (Blue Marble, GeoNames). The land about a
+# cell is the mean of FARMED_SIDE px of FARMED_ZOOM (about 5 km), so that a pale fallow field or
+# a ruddy one of a painted z12 is farmland as its neighbours are, not a patch of steppe among them.
+FARMED_PALEST, FARMED_REDDEST, FARMED_LEAST = 0.5, 0.07, 1.5
+FARMED_ZOOM, FARMED_SIDE = 7, 4
+FARMED_EDGE_NOISE = 0.5  # how far a smooth noise moves farmland's edge in and out (a factor e^+-0.5)
+
+
+def farmed_ground(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray, covers: np.ndarray,
+                  about: np.ndarray, places) -> np.ndarray:
+    """Land covers of feature points fx, fy (`land_cover`) with bare ground turned into open land
+    where it is farmed: by the colour of the land `about` each point (float (N, 3), see
+    `FARMED_ZOOM`) and the world's settlements (`places`, `Settlements`)."""
+    r, g = about[:, 0], about[:, 1]
+    dry = np.flatnonzero((covers == LAND_COVERS.index("bare")) & (r > g + 0.02) & (r - g < FARMED_REDDEST)
+                         & (about.mean(-1) < FARMED_PALEST))
+    if not len(dry):
+        return covers
+    edge = value_noise(seed, band, 22, fx[dry] / 4, fy[dry] / 4, max(cells // 4, 1))
+    farmed = places.farmland(*lon_lat(fx[dry], fy[dry], cells)) * np.exp(FARMED_EDGE_NOISE * edge) >= FARMED_LEAST
+    out = covers.copy()
+    out[dry[farmed]] = LAND_COVERS.index("open")
+    return out
 
 
 def _kin_candidates(covers: np.ndarray, cover: int, least: int = 1) -> np.ndarray:
@@ -619,6 +654,7 @@ class ExemplarAtlas:
                          for m, *_ in self._by_band]
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_limit = 0, cache_bytes
+        self._cells: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
         self._lock = threading.Lock()
 
     def draws(self, band: int, use: int) -> bool:
@@ -653,11 +689,11 @@ class ExemplarAtlas:
                zoom: int | None = None, places=None, use: int | None = None) -> list[Assignment]:
         """The exemplar, orientation and offset of cells (i, j): a pure function of the seed, the
         cell, the world's pixels at the band's anchor zoom around the cell's feature point and,
-        for a `settled` band, the world's settlements (`places`, see `cascade.settlements`; None:
-        a pattern of the seed's own).
+        for a `settled` or `farmed` band, the world's settlements (`places`, see
+        `cascade.settlements`; None: a pattern of the seed's own).
 
-        The anchor's land cover picks the candidates (water gets no detail), or on built-up ground
-        the town or suburb exemplars; among them the region's ranking and the closeness of colour
+        The anchor's land cover picks the candidates (water gets no detail; dry farmland draws open
+        land, `farmed_ground`), or on built-up ground the town or suburb exemplars; among them the region's ranking and the closeness of colour
         (the band's `chroma_weight`) choose. Painting `zoom` above the band's top (a world whose
         root is shallower than the band) reads the zoom above it instead. `use` (an index into
         `USES`): every land cell draws that ground instead (the town layer of `cascade.towns`)."""
@@ -670,10 +706,18 @@ class ExemplarAtlas:
         side = max(4, int(round(world / cells)))
         anchor = self._anchor_colours(read, za, fx / cells * world, fy / cells * world, side)
         uses = land_cover(anchor, spec.forest_below, spec.rock_below)
+        if places is None:
+            places = ProceduralSettlements(seed)
         if use is not None:
             uses = np.where((uses != 0) & (uses != 1), use, uses)
-        elif spec.settled and len(fx):
-            uses = self._settle(seed, band, cells, fx, fy, uses, places)
+        elif len(fx):
+            if spec.farmed:
+                zf = min(FARMED_ZOOM, za)
+                about = anchor if (zf, FARMED_SIDE) == (za, side) else self._anchor_colours(
+                    read, zf, fx / cells * (256 << zf), fy / cells * (256 << zf), FARMED_SIDE)
+                uses = farmed_ground(seed, band, cells, fx, fy, uses, about, places)
+            if spec.settled:
+                uses = self._settle(seed, band, cells, fx, fy, uses, places)
         chosen, turns, offset_x, offset_y, cos_lat = self._lay(seed, band, fx, fy, anchor, uses, spec.regions_log2)
         members = self._by_band[band][0]
         out = []
@@ -691,8 +735,6 @@ class ExemplarAtlas:
         """Land cover turned into town or suburb where the ground at the feature points is built up:
         the settlements' intensity, its edge moved in and out by a smooth noise (towns are not
         discs), against `TOWN_INTENSITY` and `SUBURB_INTENSITY`. Water and snow stay as they are."""
-        if places is None:
-            places = ProceduralSettlements(seed)
         lon, lat = lon_lat(fx, fy, cells)
         built = built_ground(seed, band, cells, fx, fy, places.intensity(lon, lat))
         land = (covers != 0) & (covers != 1)
@@ -813,13 +855,7 @@ class ExemplarAtlas:
         world = 256 << zoom
         u = (x0 + np.arange(width) + 0.5) / world
         v = (y0 + np.arange(height) + 0.5) / world
-        uu, vv = np.meshgrid(u, v)
-        c1, c2, gap = nearest_cells(seed, band, cells, uu * cells, vv * cells)
-        fade = max(FADE, 1.5 * cells / world)
-        w1 = np.clip(0.5 + gap / (2 * fade), 0.5, 1.0)
-        w1 = (w1 - 0.5) * 2
-        w1 = 0.5 + 0.5 * (w1 * w1 * (3 - 2 * w1))  # smoothstep from 0.5 at the border to 1 inside
-
+        c1, c2, w1 = self._cells_of(seed, band, zoom, x0, y0, width, height)
         cover = np.zeros(height * width, np.float32)
         keys = np.concatenate([c1.reshape(-1, 2), c2.reshape(-1, 2)])
         weights = np.concatenate([w1.reshape(-1), 1 - w1.reshape(-1)]).astype(np.float32)
@@ -862,6 +898,32 @@ class ExemplarAtlas:
         if jobs:
             np.add.at(cover, np.concatenate([p for _, p, _ in jobs]), np.concatenate([w for _, _, w in jobs]))
         return rendered, cover.reshape(height, width)
+
+    def _cells_of(self, seed: int, band: int, zoom: int, x0: int, y0: int, width: int, height: int):
+        """The two nearest cells of each pixel of a window (`nearest_cells`) and the first one's
+        share, 0.5 at their border to 1 inside (a smoothstep over `FADE`). The last few windows'
+        are kept: a stage renders its land's cells and then its towns' over one canvas."""
+        cells, world = 1 << self.bands[band].cells_log2, 256 << zoom
+        key = (seed, band, cells, zoom, x0, y0, width, height)
+        with self._lock:
+            if key in self._cells:
+                self._cells.move_to_end(key)
+                return self._cells[key]
+        u = (x0 + np.arange(width) + 0.5) / world
+        v = (y0 + np.arange(height) + 0.5) / world
+        uu, vv = np.meshgrid(u, v)
+        c1, c2, gap = nearest_cells(seed, band, cells, uu * cells, vv * cells)
+        fade = max(FADE, 1.5 * cells / world)
+        w1 = np.clip(0.5 + gap / (2 * fade), 0.5, 1.0)
+        w1 = (w1 - 0.5) * 2
+        w1 = 0.5 + 0.5 * (w1 * w1 * (3 - 2 * w1))  # smoothstep from 0.5 at the border to 1 inside
+        for shared in (c1, c2, w1):
+            shared.flags.writeable = False
+        with self._lock:
+            self._cells[key] = (c1, c2, w1)
+            while len(self._cells) > CELL_WINDOWS_KEPT:
+                self._cells.popitem(last=False)
+        return c1, c2, w1
 
     def _octave_details(self, jobs: list[tuple[Assignment, np.ndarray, np.ndarray]], band: int, cells: int,
                         world: int, x0: int, y0: int) -> list[np.ndarray]:

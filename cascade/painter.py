@@ -27,7 +27,7 @@ from cascade.towns import TOWN_SHARE, bare_ground, built_up_map, grey_towns
 
 # Bump when anything that changes painted pixels changes outside the weights and settings.
 PAINT_VERSION = "2"
-ATLAS_PAINT_VERSION = "13"  # bump when the rendering of atlas references changes
+ATLAS_PAINT_VERSION = "14"  # bump when the rendering of atlas references changes
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights"
 REFERENCE_ONLY = "reference"  # the zero-step sampler: exemplar reference + back-projection
 

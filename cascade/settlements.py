@@ -22,7 +22,11 @@ VILLAGE_RADIUS_M = 250.0  # built-up radius of a settlement of 1,000 people
 LARGEST = 5e6  # a larger city (as GeoNames counts it) is built up no further: its suburbs are listed too
 CUTOFF = 2.5  # built-up radii beyond which a settlement counts for nothing (not e^-6.25: exactly 0)
 METRES_PER_DEG = 111_320.0
-# Settlements further than this from a point never count: beyond the cut-off of the largest.
+# The ground a settlement farms: dry land with a few settlements within this is farmland
+# (`cascade.atlas`), the Ganges plain's before the monsoon, Kansas' in August, not a desert.
+FARMLAND_RADIUS_M = 20_000.0
+# Settlements further than this from a point never count: beyond the cut-off of the largest, and
+# of the farmland radius (2.5 x 20 km).
 REACH_DEG = 0.45
 
 
@@ -42,19 +46,32 @@ def intensity_from(lon: np.ndarray, lat: np.ndarray, sites: np.ndarray) -> np.nd
     0 where there are none within `CUTOFF` radii, so that the value does not depend on which
     sites beyond that a window happened to gather. Distances on the local tangent plane, across
     the antimeridian too."""
+    return _gathered(lon, lat, sites, built_up_radius(sites[:, 2]), np.maximum)
+
+
+def farmland_from(lon: np.ndarray, lat: np.ndarray, sites: np.ndarray) -> np.ndarray:
+    """How many of `sites` are about the points: the sum of their exp(-(d / FARMLAND_RADIUS_M)^2),
+    cut at `CUTOFF` radii as `intensity_from`."""
+    return _gathered(lon, lat, sites, np.full(len(sites), FARMLAND_RADIUS_M), np.add)
+
+
+def _gathered(lon: np.ndarray, lat: np.ndarray, sites: np.ndarray, radius: np.ndarray,
+              combine: np.ufunc) -> np.ndarray:
+    """exp(-(d / radius)^2) of every site at the points, cut at `CUTOFF` radii, combined over the
+    sites by `np.maximum` or `np.add`."""
     lon, lat = np.asarray(lon, np.float64), np.asarray(lat, np.float64)
     out = np.zeros(lon.shape)
     if not len(sites) or not lon.size:
         return out
-    flat_lon, flat_lat, best = lon.reshape(-1), lat.reshape(-1), out.reshape(-1)
-    radius = built_up_radius(sites[:, 2])
+    flat_lon, flat_lat, total = lon.reshape(-1), lat.reshape(-1), out.reshape(-1)
     scale = np.cos(np.radians(flat_lat))[:, None]
     for start in range(0, len(sites), 4096):  # bounded memory: points x a slice of the sites
         s = slice(start, start + 4096)
         dx = ((flat_lon[:, None] - sites[None, s, 0] + 180.0) % 360.0 - 180.0) * scale * METRES_PER_DEG
         dy = (flat_lat[:, None] - sites[None, s, 1]) * METRES_PER_DEG
         reach = (dx * dx + dy * dy) / radius[None, s] ** 2
-        np.maximum(best, np.where(reach < CUTOFF ** 2, np.exp(-reach), 0.0).max(1), out=best)
+        value = np.where(reach < CUTOFF ** 2, np.exp(-reach), 0.0)
+        combine(total, value.max(1) if combine is np.maximum else value.sum(1), out=total)
     return out
 
 
@@ -67,6 +84,11 @@ class Settlements:
     def intensity(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
         """How built up the ground is at the points (`intensity_from`), 0 to 1."""
         return intensity_from(lon, lat, self.near(lon, lat))
+
+    def farmland(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """How many settlements are about the points (`farmland_from`): the villages whose fields
+        the dry ground around them is."""
+        return farmland_from(lon, lat, self.near(lon, lat))
 
 
 class GeoNamesSettlements(Settlements):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cascade.atlas import DEFAULT_ATLAS, Band, ExemplarAtlas, band_of_zoom, photographed_land
+from cascade.atlas import DEFAULT_ATLAS, USES, Band, ExemplarAtlas, band_of_zoom, photographed_land
 from cascade.painter import DEFAULT_WEIGHTS, MetatilePainter, anchor_land, window_reader
 from cascade.roots import ProceduralRoot
 from cascade.sampler import training_scheduler
@@ -356,6 +356,55 @@ def test_land_cover_of_snow_and_pale_warm_ground():
     assert LAND_COVERS[int(land_cover(farmland, 0.15, 0.08))] == "open"
 
 
+def test_dry_ground_is_farmland_where_people_live():
+    # Bare ground in land of the Ganges plain's tan is farmland among its villages (a pale fallow
+    # field too) and steppe far from any; in pale sand, ruddy laterite or grey rock it stays bare
+    # among villages too, and what is not bare stays as it is.
+    from cascade.atlas import LAND_COVERS, farmed_ground
+    from cascade.settlements import GeoNamesSettlements
+    from tests.test_settlements import table
+
+    villages = GeoNamesSettlements(table(*((82.0 + dx, 26.0 + dy, 3_000) for dx in (-0.1, 0.1) for dy in (-0.1, 0.1))))
+    # (the land about the point, the cover of the point itself)
+    cases = {"plain": ((0.511, 0.471, 0.321), "bare"), "fallow": ((0.5, 0.447, 0.308), "bare"),
+             "sand": ((0.691, 0.586, 0.454), "bare"), "laterite": ((0.591, 0.475, 0.323), "bare"),
+             "rock": ((0.387, 0.404, 0.35), "bare"), "grove": ((0.511, 0.471, 0.321), "forest"),
+             "fields": ((0.225, 0.259, 0.125), "open")}
+    about = np.array([c for c, _ in cases.values()])
+    covers = np.array([LAND_COVERS.index(c) for _, c in cases.values()])
+    cells = 1 << 13
+    for lon, among in ((82.0, True), (92.0, False)):
+        fx = np.full(len(cases), (lon + 180) / 360 * cells)
+        fy = np.full(len(cases), mercantile.tile(lon, 26.0, 13).y + 0.5)
+        got = dict(zip(cases, (LAND_COVERS[c] for c in farmed_ground(3, 1, cells, fx, fy, covers, about, villages))))
+        farmed = "open" if among else "bare"
+        assert got == {"plain": farmed, "fallow": farmed, "sand": "bare", "laterite": "bare", "rock": "bare",
+                       "grove": "forest", "fields": "open"}, (lon, got)
+
+
+def test_a_city_scene_gives_its_heart_as_a_town_exemplar(tmp_path, monkeypatch):
+    # A scene of city and haze is no land cover, but its built-up heart is an exemplar of town.
+    import cascade.training.build_atlas as build_atlas
+
+    rng = np.random.default_rng(5)
+    city = np.full((512, 512, 3), (150, 160, 190), np.uint8)
+    city[:256, :256] = _texture(rng, 256, COLOURS["grey"])
+    path = tmp_path / "data" / "landsat_30m" / "city.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(city).save(path)
+    records = make_records(tmp_path / "data") + [
+        ImageRecord(str(path), 512, 512, 2000.0, None, None, "a city", "test", "train", file="landsat_30m/city.png")]
+    monkeypatch.setattr(build_atlas, "SCENE_PARTS", {"landsat_30m/city.png": ("heart", 0, 0, 256, 256, "town")})
+    meta = build(tmp_path / "data", tmp_path / "atlas", budget_mb=5, bands=BANDS, shares=(1, 1), records=records)
+    fine = {e["name"]: e for e in meta["exemplars"] if e["band"] == 1}
+    assert "landsat_30m/city.png" not in fine
+    heart = fine["landsat_30m/city.png#heart"]
+    assert heart["use"] == "town"
+    assert np.allclose(heart["mean"], np.array(COLOURS["grey"]) / 255, atol=0.05)
+    atlas = ExemplarAtlas(tmp_path / "atlas")
+    assert atlas.draws(1, USES.index("town")) and not atlas.draws(0, USES.index("town"))
+
+
 def test_a_cover_missing_from_a_band_takes_its_kin_never_snow(tiny_atlas):
     # The tiny atlas has no forest exemplar: dark forest cells take open-land ones (green, grey),
     # not the snow or the sand.
@@ -540,7 +589,7 @@ def test_a_settled_band_lays_town_sheets_where_the_towns_are(tmp_path):
     # A quilted, settled band: its exemplars are sheets sewn from photos of one kind of ground, and
     # its cells draw a town sheet near a settlement, the land-cover sheets elsewhere; of two town
     # sheets, the one photographed nearer.
-    from cascade.atlas import TOWN, USES
+    from cascade.atlas import TOWN
     from cascade.settlements import GeoNamesSettlements
     from cascade.training.build_atlas import Sheet
     from tests.test_settlements import table

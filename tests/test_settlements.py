@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cascade.settlements import (
-    GeoNamesSettlements, ProceduralSettlements, built_up_radius, intensity_from, square_of,
+    FARMLAND_RADIUS_M, GeoNamesSettlements, ProceduralSettlements, built_up_radius, farmland_from, intensity_from,
+    square_of,
 )
 
 
@@ -28,6 +29,21 @@ def test_intensity_is_one_at_a_town_and_falls_with_its_size():
     assert u[2] < 1e-6
     # A village of 1,000 is built up over a few hundred metres only.
     assert intensity_from(np.array([10.01]), np.array([45.0]), np.array([[10.0, 45.0, 1000.0]]))[0] < 0.01
+
+
+def test_farmland_counts_the_settlements_within_tens_of_km():
+    km = 1000 / 111_320  # degrees of latitude
+    sites = np.array([[10.0, 45.0, 500.0], [10.0, 45.0, 2_000_000.0], [10.0, 45.0 + 20 * km, 800.0]])
+    lat = np.array([45.0, 45.0 + 20 * km, 45.0 + 80 * km, -45.0])
+    got = farmland_from(np.full(4, 10.0), lat, sites)
+    # Each settlement counts alike, whatever its size, by its distance against 20 km.
+    assert FARMLAND_RADIUS_M == 20_000
+    assert got[0] == pytest.approx(2 + np.exp(-1), rel=1e-3)
+    assert got[1] == pytest.approx(1 + 2 * np.exp(-1), rel=1e-3)
+    assert got[2] == 0 and got[3] == 0  # beyond 2.5 radii, nothing
+    assert np.array_equal(ProceduralSettlements(3).farmland(np.array([20.0]), np.array([5.0])),
+                          farmland_from(np.array([20.0]), np.array([5.0]),
+                                        ProceduralSettlements(3).near(np.array([20.0]), np.array([5.0]))))
 
 
 def test_geonames_table_finds_towns_across_squares_and_the_antimeridian():

