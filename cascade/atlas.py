@@ -366,13 +366,18 @@ TOWN_INTENSITY, SUBURB_INTENSITY = 0.5, 0.2
 TOWN_EDGE_NOISE = 0.8  # how far a smooth noise moves a town's edge in and out (an exponent of e^+-0.8)
 
 
+def edge_noise(seed: int, band: int, salt: int, cells: int, fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
+    """A smooth noise in [-1, 1] over four cells of `band` (`cells` a side) at points in its cell
+    units: what moves the edge of a town or of farmland in and out, so neither is a disc."""
+    return value_noise(seed, band, salt, fx / 4, fy / 4, max(cells // 4, 1))
+
+
 def built_ground(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarray,
                  intensity: np.ndarray) -> np.ndarray:
     """How built up the ground at points (cell units of `band`, `cells` a side) is where a settled
     band decides town and suburb: the settlements' intensity, its edge moved in and out by a smooth
     noise (towns are not discs); 1 stays 1, a centre is built up."""
-    edge = value_noise(seed, band, 21, fx / 4, fy / 4, max(cells // 4, 1))
-    return intensity ** np.exp(-TOWN_EDGE_NOISE * edge)
+    return intensity ** np.exp(-TOWN_EDGE_NOISE * edge_noise(seed, band, 21, cells, fx, fy))
 
 
 # Bare ground is farmland in its dry season where the land about it is warm but neither pale (a
@@ -398,7 +403,7 @@ def farmed_ground(seed: int, band: int, cells: int, fx: np.ndarray, fy: np.ndarr
                          & (about.mean(-1) < FARMED_PALEST))
     if not len(dry):
         return covers
-    edge = value_noise(seed, band, 22, fx[dry] / 4, fy[dry] / 4, max(cells // 4, 1))
+    edge = edge_noise(seed, band, 22, cells, fx[dry], fy[dry])
     farmed = places.farmland(*lon_lat(fx[dry], fy[dry], cells)) * np.exp(FARMED_EDGE_NOISE * edge) >= FARMED_LEAST
     out = covers.copy()
     out[dry[farmed]] = LAND_COVERS.index("open")

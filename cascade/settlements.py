@@ -71,7 +71,7 @@ def _gathered(lon: np.ndarray, lat: np.ndarray, sites: np.ndarray, radius: np.nd
         dy = (flat_lat[:, None] - sites[None, s, 1]) * METRES_PER_DEG
         reach = (dx * dx + dy * dy) / radius[None, s] ** 2
         value = np.where(reach < CUTOFF ** 2, np.exp(-reach), 0.0)
-        combine(total, value.max(1) if combine is np.maximum else value.sum(1), out=total)
+        combine(total, combine.reduce(value, axis=1), out=total)
     return out
 
 

@@ -462,14 +462,20 @@ def texture(img: np.ndarray) -> float:
     return float((light - blurred).std())
 
 
-def scene_part(rec: ImageRecord, band: Band, index: int) -> tuple[dict, list[np.ndarray]]:
-    """The exemplar cut from a scene (`SCENE_PARTS`), and its octaves."""
+def scene_part(rec: ImageRecord, img: np.ndarray, band: Band, index: int) -> tuple[dict, list[np.ndarray]]:
+    """The exemplar cut from a scene's image (`SCENE_PARTS`), and its octaves."""
     name, x, y, width, height, use = SCENE_PARTS[rec.file]
-    g0, levels = octaves(load_image(rec)[y:y + height, x:x + width], rec.m_per_px, band)
+    g0, levels = octaves(img[y:y + height, x:x + width], rec.m_per_px, band)
     mean, std = descriptor(levels[0], g0, band)
-    return dict(band=index, name=f"{rec.file}#{name}", place=rec.place, region=rec.region, lat=rec.lat,
-                lon=rec.lon, source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
-                use=use), levels
+    return exemplar_entry(rec, index, g0, mean, std, use, name=f"{rec.file}#{name}"), levels
+
+
+def exemplar_entry(rec: ImageRecord, index: int, m_per_px: float, mean: list[float], std: list[float], use: str,
+                   name: str | None = None) -> dict:
+    """An exemplar's record in atlas.json (its octaves' places are added when they are stored)."""
+    return dict(band=index, name=rec.file if name is None else name, place=rec.place, region=rec.region,
+                lat=rec.lat, lon=rec.lon, source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=m_per_px,
+                mean=mean, std=std, use=use)
 
 
 def settlement_table(min_population: int = 500) -> np.ndarray:
@@ -516,11 +522,12 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
                 break
             if rec.group in DATED_SERIES and dates[rec.place] >= SERIES_DATES:
                 continue
+            img = load_image(rec)
             if index > 0 and rec.file in SCENE_PARTS:
-                part, levels = scene_part(rec, band, index)
+                part, levels = scene_part(rec, img, band, index)
                 spent += store_octaves(blob, part, levels)
                 exemplars.append(part)
-            img = valid_box(load_image(rec), interior=index > 0)
+            img = valid_box(img, interior=index > 0)
             if min(img.shape[:2]) * rec.m_per_px < EXTENT_CELLS * band.cell_metres():
                 continue  # mostly no-data
             if index > 0:
@@ -531,9 +538,8 @@ def build(data_dir: Path, out: Path, budget_mb: float = 46.0, seed: int = 0, ban
             mean, std = descriptor(levels[0], g0, band)
             if index > 0 and not land_cover_scene(rec, np.array(mean), levels[0]):
                 continue
-            entry = dict(band=index, name=rec.file, place=rec.place, region=rec.region, lat=rec.lat, lon=rec.lon,
-                         source=rec.source, native_m_per_px=rec.m_per_px, m_per_px=g0, mean=mean, std=std,
-                         use=LAND_COVERS[int(land_cover(np.array(mean), band.forest_below, band.rock_below))])
+            entry = exemplar_entry(rec, index, g0, mean, std,
+                                   LAND_COVERS[int(land_cover(np.array(mean), band.forest_below, band.rock_below))])
             spent += store_octaves(blob, entry, levels)
             exemplars.append(entry)
             dates[rec.place] += 1
